@@ -1,0 +1,51 @@
+"""Where BN goes, in one place: every model builds its blocks through these two functions.
+
+- ``before``: Layer(no bias) → BN → Activation
+- ``after``:  Layer(bias) → Activation → BN
+- ``none``:   Layer(bias) → Activation, and no BN anywhere
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+
+@dataclass(frozen=True)
+class Norm:
+    """BatchNormalization settings in Keras' convention (momentum is the moving-average decay)."""
+
+    placement: str = "before"
+    momentum: float = 0.99
+    epsilon: float = 1e-3
+    center: bool = True
+    scale: bool = True
+
+    def layer(self, name: str):
+        import keras
+
+        return keras.layers.BatchNormalization(
+            momentum=self.momentum, epsilon=self.epsilon, center=self.center, scale=self.scale, name=name
+        )
+
+
+def layer_norm_act(x, make_layer: Callable, activation: str, norm: Norm, name: str):
+    """A placement site: ``make_layer(use_bias, name)`` followed by BN and activation in the
+    order ``norm.placement`` says. Layers are named ``name``, ``name_bn``, ``name_act``."""
+    import keras
+
+    x = make_layer(use_bias=norm.placement != "before", name=name)(x)
+    if norm.placement == "before":
+        x = norm.layer(f"{name}_bn")(x)
+    x = keras.layers.Activation(activation, name=f"{name}_act")(x)
+    if norm.placement == "after":
+        x = norm.layer(f"{name}_bn")(x)
+    return x
+
+
+def layer_norm(x, make_layer: Callable, norm: Norm, name: str):
+    """A layer with no activation next to it (e.g. a linear projection): not a placement
+    site. Its BN stays in ``before`` and ``after`` and goes, with a bias instead, in ``none``."""
+    with_bn = norm.placement != "none"
+    x = make_layer(use_bias=not with_bn, name=name)(x)
+    return norm.layer(f"{name}_bn")(x) if with_bn else x

@@ -1,0 +1,128 @@
+"""MLflow: one experiment per sweep, one parent run per invocation, one child run per trial.
+The only MLflow import.
+
+Every trial run carries a deterministic key (sweep id / phase / trial id) and is looked up by
+it before one is created, so a trial retried from a checkpoint, or resumed after the driver
+restarts, logs into the run it already has instead of a duplicate. The driver creates the store,
+experiment and parent run before any trial starts (concurrent first use of a fresh SQLite store
+races its schema migration), and it closes every child run with its final status.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+
+PARENT_RUN_NAME = "sweep"
+STATUSES = ("running", "finished", "stopped_early", "diverged", "failed")
+# What MLflow's own run status says for each of ours: only a crash is FAILED.
+_RUN_STATUS = {"finished": "FINISHED", "stopped_early": "FINISHED", "diverged": "FINISHED", "failed": "FAILED"}
+
+
+def default_tracking_uri(storage: str | Path) -> str:
+    """A local SQLite store beside the sweep's results."""
+    return f"sqlite:///{Path(storage).resolve() / 'mlflow.db'}"
+
+
+def _find_run(client: MlflowClient, experiment_id: str, **tags: str):
+    query = " and ".join(f"tags.{k} = '{v}'" for k, v in tags.items())
+    runs = client.search_runs([experiment_id], filter_string=query, max_results=2)
+    return runs[0] if runs else None
+
+
+def _params(values: Mapping[str, Any]) -> list[Param]:
+    return [Param(k, json.dumps(v) if isinstance(v, (list, tuple, dict)) else str(v)) for k, v in sorted(values.items())]
+
+
+class SweepTracker:
+    """Driver side: experiment, parent run, closing child runs."""
+
+    def __init__(self, tracking_uri: str, experiment: str, artifact_root: str | Path | None = None):
+        self.tracking_uri = tracking_uri
+        self.client = MlflowClient(tracking_uri)
+        found = self.client.get_experiment_by_name(experiment)
+        if found is None:
+            location = Path(artifact_root).resolve().as_uri() if artifact_root else None
+            self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
+        else:
+            self.experiment_id = found.experiment_id
+        self.parent_run_id: str | None = None
+
+    def start_sweep(self, sweep_id: str, params: Mapping[str, Any], tags: Mapping[str, str], artifacts: Mapping[str, Any]) -> str:
+        """Find or create the parent run of ``sweep_id``; log params, tags and JSON artifacts."""
+        run = _find_run(self.client, self.experiment_id, sweep_id=sweep_id, role="sweep")
+        if run is None:
+            run = self.client.create_run(self.experiment_id, run_name=sweep_id, tags={"sweep_id": sweep_id, "role": "sweep", **tags})
+            self.client.log_batch(run.info.run_id, params=_params(params))
+            for name, content in artifacts.items():
+                self.client.log_dict(run.info.run_id, content, name)
+        else:
+            self.client.update_run(run.info.run_id, status="RUNNING")
+        self.parent_run_id = run.info.run_id
+        return self.parent_run_id
+
+    def close_trial(self, trial_key: str, status: str, run_name: str = "") -> None:
+        """Set a child run's final status (tag and MLflow status); create it if the trial
+        died before it could."""
+        run = _find_run(self.client, self.experiment_id, trial_key=trial_key)
+        if run is None:
+            run = TrialRun.open(self.tracking_uri, self.experiment_id, self.parent_run_id, trial_key, run_name or trial_key).run
+        self.client.set_tag(run.info.run_id, "status", status)
+        self.client.set_terminated(run.info.run_id, _RUN_STATUS[status])
+
+    def close_orphans(self) -> int:
+        """Mark child runs still RUNNING (their trial never reported an end) as failed."""
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{self.parent_run_id}' and attributes.status = 'RUNNING'",
+        )
+        for run in runs:
+            self.client.set_tag(run.info.run_id, "status", "failed")
+            self.client.set_terminated(run.info.run_id, "FAILED")
+        return len(runs)
+
+    def end_sweep(self, ok: bool) -> None:
+        self.client.set_terminated(self.parent_run_id, "FINISHED" if ok else "FAILED")
+
+    def child_runs(self):
+        return self.client.search_runs([self.experiment_id], filter_string=f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{self.parent_run_id}'", max_results=50000)
+
+
+class TrialRun:
+    """Trial side: the child run of one trial, found by its key or created under the parent."""
+
+    def __init__(self, client: MlflowClient, run):
+        self.client, self.run = client, run
+        self.run_id = run.info.run_id
+
+    @classmethod
+    def open(cls, tracking_uri: str, experiment_id: str, parent_run_id: str | None, trial_key: str, run_name: str,
+             params: Mapping[str, Any] | None = None, tags: Mapping[str, str] | None = None) -> "TrialRun":
+        client = MlflowClient(tracking_uri)
+        run = _find_run(client, experiment_id, trial_key=trial_key)
+        if run is None:
+            all_tags = {MLFLOW_RUN_NAME: run_name, "trial_key": trial_key, "status": "running", **(tags or {})}
+            if parent_run_id:
+                all_tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
+            run = client.create_run(experiment_id, run_name=run_name, tags=all_tags)
+            if params:
+                client.log_batch(run.info.run_id, params=_params(params))
+        elif run.info.status != RunStatus.to_string(RunStatus.RUNNING):
+            client.update_run(run.info.run_id, status="RUNNING")
+        return cls(client, run)
+
+    def log_epoch(self, step: int, metrics: Mapping[str, float]) -> None:
+        """One batched request per epoch. A retried request repeats identical rows (same
+        key, value, timestamp, step), which the store de-duplicates."""
+        timestamp = int(time.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), timestamp, step) for k, v in metrics.items()])
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])

@@ -1,0 +1,293 @@
+"""The Ray Tune adapter: Tuner, per-arm search and early stopping, reporting, checkpoints,
+resources. The only Ray import; Ray's APIs move fast, and this module absorbs the moves.
+
+Fairness between arms is structural: :class:`ArmSearcher` hands out trials round-robin over
+the arms, each arm with its own Optuna study, and :class:`ArmScheduler` runs one ASHA per arm,
+so a weak arm's trials are only ever compared (and stopped) against its own.
+TensorFlow is imported inside the trial function only, never on the driver.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
+from ray.tune.search import Searcher
+from ray.tune.search.optuna import OptunaSearch
+
+from bnsearch import search, tracking
+from bnsearch.spec import Sweep
+
+SEARCH_SEED_BASE = 10_000  # search-phase seeds; replicate seeds start at 0, so they never meet
+
+
+@dataclass(frozen=True)
+class TrialSetup:
+    """What every trial of a sweep shares, shipped once through Ray's object store."""
+
+    sweep_id: str
+    model: str
+    dataset: str
+    dataset_args: dict
+    max_epochs: int
+    cpu: float
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+    run_tags: dict = field(default_factory=dict)
+
+
+def trial_key(sweep_id: str, phase: str, trial_id: str) -> str:
+    return f"{sweep_id}/{phase}/{trial_id}"
+
+
+def run_name(config: dict) -> str:
+    return f"{config['phase']}-{config['arm']}-{config['trial_index']:03d}"
+
+
+def train_trial(config: dict, setup: TrialSetup) -> None:
+    """The Tune function trainable: one Keras training, tracked in its own MLflow child run."""
+    from bnsearch import train  # TensorFlow loads here, in the worker
+
+    key = trial_key(setup.sweep_id, config["phase"], tune.get_context().get_trial_id())
+    run = tracking.TrialRun.open(
+        setup.tracking_uri, setup.experiment_id, setup.parent_run_id, key, run_name(config),
+        params={**config, "model": setup.model, "dataset": setup.dataset, **{f"dataset.{k}": v for k, v in setup.dataset_args.items()}},
+        tags={"arm": config["arm"], "phase": config["phase"], "seed": str(config["seed"]), "sweep_id": setup.sweep_id,
+              **setup.run_tags, **{f"version.{k}": v for k, v in train.versions().items()}},
+    )
+    train.setup_tensorflow(max(1, int(setup.cpu)))
+
+    def report(metrics: dict, checkpoint_dir: str | None) -> None:
+        run.log_epoch(int(metrics["epoch"]), metrics)  # log first: a reported epoch is a logged one
+        checkpoint = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        tune.report(metrics, checkpoint=checkpoint)
+
+    checkpoint = tune.get_checkpoint()
+    with checkpoint.as_directory() if checkpoint else contextlib.nullcontext() as restore_dir:
+        train.run(config, model=setup.model, dataset=setup.dataset, dataset_args=setup.dataset_args,
+                  max_epochs=setup.max_epochs, report=report, restore_dir=restore_dir)
+
+
+class ArmSearcher(Searcher):
+    """Round-robin over arms; each arm is searched by its own OptunaSearch (own study)."""
+
+    def __init__(self, sweep: Sweep, phase: str = "search"):
+        super().__init__(metric=sweep.metric, mode=sweep.mode)
+        budget = sweep.budget
+        self.trials_per_arm = budget.trials_per_arm
+        self.phase = phase
+        self.arm_configs = {arm: sweep.arm_config(arm) for arm in sweep.arms()}
+        self.searchers = {}
+        for arm in self.arm_configs:
+            dims = sweep.nuisance_for(arm)
+            self.searchers[arm] = OptunaSearch(
+                space=search.SearchSpace(dims),
+                metric=sweep.metric,
+                mode=sweep.mode,
+                sampler=search.make_sampler(budget.sampler, dims, budget.search_seed, budget.trials_per_arm),
+            )
+        self.started = {arm: 0 for arm in self.arm_configs}
+        self.arm_of: dict[str, str] = {}
+
+    def suggest(self, trial_id: str) -> dict | None:
+        open_arms = [a for a, n in self.started.items() if n < self.trials_per_arm]
+        if not open_arms:
+            return Searcher.FINISHED
+        arm = min(open_arms, key=self.started.get)  # fewest started first, ties in declared order
+        params = self.searchers[arm].suggest(trial_id)
+        index = self.started[arm]
+        self.started[arm] += 1
+        self.arm_of[trial_id] = arm
+        return {**self.arm_configs[arm], **params, "arm": arm, "phase": self.phase,
+                "trial_index": index, "seed": SEARCH_SEED_BASE + index}
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if trial_id in self.arm_of:
+            self.searchers[self.arm_of[trial_id]].on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if trial_id in self.arm_of:
+            self.searchers[self.arm_of[trial_id]].on_trial_complete(trial_id, result, error)
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump(self.__dict__, f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as f:
+            self.__dict__.update(pickle.load(f))
+
+
+class ArmScheduler(FIFOScheduler):
+    """One ASHA per arm: early stopping compares a trial only with trials of its own arm."""
+
+    def __init__(self, sweep: Sweep):
+        super().__init__()
+        b = sweep.budget
+        self.schedulers = {
+            arm: ASHAScheduler(metric=sweep.metric, mode=sweep.mode, max_t=b.max_epochs,
+                               grace_period=b.grace_epochs, reduction_factor=b.reduction_factor)
+            for arm in sweep.arms()
+        }
+
+    def _of(self, trial) -> TrialScheduler:
+        return self.schedulers[trial.config["arm"]]
+
+    def on_trial_add(self, tune_controller, trial):
+        self._of(trial).on_trial_add(tune_controller, trial)
+
+    def on_trial_error(self, tune_controller, trial):
+        self._of(trial).on_trial_error(tune_controller, trial)
+
+    def on_trial_result(self, tune_controller, trial, result):
+        return self._of(trial).on_trial_result(tune_controller, trial, result)
+
+    def on_trial_complete(self, tune_controller, trial, result):
+        self._of(trial).on_trial_complete(tune_controller, trial, result)
+
+    def on_trial_remove(self, tune_controller, trial):
+        self._of(trial).on_trial_remove(tune_controller, trial)
+
+    def debug_string(self) -> str:
+        return "ASHA per arm: " + "; ".join(f"{arm}: {s.debug_string()}" for arm, s in self.schedulers.items())
+
+
+class CloseTrialRuns(tune.Callback):
+    """Driver side: give every trial's MLflow run its final status once Tune is done with it."""
+
+    def __init__(self, tracker: tracking.SweepTracker, sweep_id: str, sweep: Sweep):
+        self.tracker, self.sweep_id = tracker, sweep_id
+        self.max_epochs, self.metric, self.mode = sweep.budget.max_epochs, sweep.metric, sweep.mode
+        self.trials: dict[str, dict] = {}
+
+    def _close(self, trial, status: str) -> None:
+        self.trials[trial.trial_id] = {
+            "arm": trial.config["arm"], "trial_index": trial.config["trial_index"], "status": status,
+            "epochs": int((trial.last_result or {}).get("epoch", 0)),
+            "best": trial.metric_analysis.get(self.metric, {}).get(self.mode),
+        }
+        key = trial_key(self.sweep_id, trial.config["phase"], trial.trial_id)
+        self.tracker.close_trial(key, status, run_name(trial.config))
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        last = trial.last_result or {}
+        if last.get("diverged"):
+            status = "diverged"
+        elif last.get("epoch", 0) >= self.max_epochs:
+            status = "finished"
+        else:
+            status = "stopped_early"
+        self._close(trial, status)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._close(trial, "failed")
+
+
+@dataclass
+class SweepOutcome:
+    sweep_id: str
+    experiment_id: str
+    parent_run_id: str
+    tracking_uri: str
+    storage: str
+    metric: str
+    wall_s: float
+    trials: list[dict]  # arm, trial_index, status, epochs, best (the metric's best value)
+
+    @property
+    def epochs(self) -> int:
+        return sum(t["epochs"] for t in self.trials)
+
+    @property
+    def best(self) -> dict[str, float]:
+        """Per arm, the best value of the metric over its trials."""
+        pick = max if self.mode == "max" else min
+        values: dict[str, list[float]] = {}
+        for t in self.trials:
+            if t["best"] is not None and t["status"] != "diverged":
+                values.setdefault(t["arm"], []).append(t["best"])
+        return {arm: pick(v) for arm, v in values.items()}
+
+    mode: str = "max"
+
+
+def slots(cpu_per_trial: float, gpu_per_trial: float) -> int:
+    """How many trials the connected cluster can run at once right now (0 if none yet)."""
+    have = ray.cluster_resources()
+    fits = [have.get("CPU", 0) / cpu_per_trial]
+    if gpu_per_trial:
+        fits.append(have.get("GPU", 0) / gpu_per_trial)
+    return int(min(fits))
+
+
+def run_search(sweep: Sweep, *, sweep_id: str, tracking_uri: str, storage: str, address: str | None = None,
+               run_tags: dict[str, str] | None = None, spec_record: dict[str, Any] | None = None,
+               versions: dict[str, str] | None = None) -> SweepOutcome:
+    """Run the search phase of ``sweep`` on Ray and record it in MLflow."""
+    start = time.perf_counter()
+    storage = os.path.abspath(storage)
+    # The driver creates the store, experiment and parent run before any trial starts.
+    tracker = tracking.SweepTracker(tracking_uri, sweep.name, artifact_root=_local_artifact_root(tracking_uri, storage))
+    parent = tracker.start_sweep(
+        sweep_id,
+        params={"model": sweep.model, "dataset": sweep.dataset, "metric": sweep.metric, "mode": sweep.mode,
+                "arms": list(sweep.arms()), "trials_per_arm": sweep.budget.trials_per_arm,
+                "max_epochs": sweep.budget.max_epochs, "sampler": sweep.budget.sampler,
+                "early_stopping": sweep.budget.early_stopping, "search_seed": sweep.budget.search_seed},
+        tags={"phase": "search", **(run_tags or {})},
+        artifacts={"spec.json": spec_record or sweep.to_dict(), "versions.json": versions or {}},
+    )
+    search.quiet()
+    if not ray.is_initialized():
+        ray.init(address=address, logging_level="WARNING", include_dashboard=False, log_to_driver=False,
+                 runtime_env={"env_vars": {"TF_CPP_MIN_LOG_LEVEL": "2"}})
+
+    setup = TrialSetup(
+        sweep_id=sweep_id, model=sweep.model, dataset=sweep.dataset, dataset_args=dict(sweep.dataset_args),
+        max_epochs=sweep.budget.max_epochs, cpu=sweep.resources.cpu, tracking_uri=tracking_uri,
+        experiment_id=tracker.experiment_id, parent_run_id=parent, run_tags=dict(run_tags or {}),
+    )
+    total = len(sweep.arms()) * sweep.budget.trials_per_arm
+    concurrency = sweep.budget.max_concurrent_trials or slots(sweep.resources.cpu, sweep.resources.gpu) or total
+    closer = CloseTrialRuns(tracker, sweep_id, sweep)
+    tuner = tune.Tuner(
+        tune.with_resources(tune.with_parameters(train_trial, setup=setup),
+                            {"cpu": sweep.resources.cpu, "gpu": sweep.resources.gpu}),
+        tune_config=tune.TuneConfig(
+            search_alg=ArmSearcher(sweep),
+            scheduler=ArmScheduler(sweep) if sweep.budget.early_stopping else FIFOScheduler(),
+            num_samples=total,
+            max_concurrent_trials=min(concurrency, total),
+            reuse_actors=True,
+        ),
+        run_config=tune.RunConfig(
+            name=sweep_id,
+            storage_path=storage,
+            callbacks=[closer],
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            failure_config=tune.FailureConfig(max_failures=2),
+            verbose=1,
+        ),
+    )
+    ok = False
+    try:
+        ok = not tuner.fit().errors
+    finally:
+        tracker.close_orphans()
+        tracker.end_sweep(ok)
+    return SweepOutcome(sweep_id, tracker.experiment_id, parent, tracking_uri, storage, sweep.metric,
+                        time.perf_counter() - start, sorted(closer.trials.values(), key=lambda t: (t["arm"], t["trial_index"])),
+                        mode=sweep.mode)
+
+
+def _local_artifact_root(tracking_uri: str, storage: str) -> str | None:
+    """Artifacts of a local SQLite store live beside it; a tracking server decides its own."""
+    return os.path.join(storage, "artifacts") if tracking_uri.startswith("sqlite:") else None
