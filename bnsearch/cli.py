@@ -149,3 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def run_file(path: str) -> None:
     """What a sweep file's ``__main__`` calls: ``python sweeps/x.py ARGS`` = ``bnsearch run sweeps/x.py ARGS``."""
     sys.exit(main(["run", path, *sys.argv[1:]]))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -57,8 +57,17 @@ def make_sampler(kind: str, dims: Mapping[str, Distribution], seed: int, trials:
     if kind == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if kind == "grid":
-        return optuna.samplers.GridSampler({n: list(d.values) for n, d in dims.items()}, seed=seed)
+        return _AskTellGridSampler({n: list(d.values) for n, d in dims.items()}, seed=seed)
     raise ValueError(f"unknown sampler {kind!r}")
+
+
+class _AskTellGridSampler(optuna.samplers.GridSampler):
+    """GridSampler calls ``study.stop()`` once the grid is covered, which is only legal inside
+    ``study.optimize``; under Ray's ask/tell it raises. Tune counts the trials instead (a grid
+    smaller than the budget is revisited)."""
+
+    def after_trial(self, study, trial, state, values) -> None:
+        pass
 
 
 def quiet() -> None:

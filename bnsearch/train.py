@@ -40,8 +40,18 @@ def setup_tensorflow(cpu_threads: int | None = None) -> None:
             pass
 
 
-def versions() -> dict[str, str]:
-    return {"tensorflow": tf.__version__, "keras": keras.__version__, "numpy": np.__version__}
+def environment() -> dict[str, str]:
+    """What a reader needs to reproduce or compare a run: versions and BN conventions."""
+    return {
+        "framework": f"keras {keras.__version__} on tensorflow {tf.__version__}",
+        "version.tensorflow": tf.__version__,
+        "version.keras": keras.__version__,
+        "version.numpy": np.__version__,
+        # Keras updates the moving variance with the biased (population) batch variance;
+        # PyTorch uses the unbiased one. Momentum is Keras' decay (PyTorch's 0.1 is 0.9 here).
+        "bn_moving_variance": "biased",
+        "bn_momentum_convention": "keras (moving-average decay)",
+    }
 
 
 def norm_from(config: Mapping[str, Any]) -> Norm:

@@ -61,7 +61,7 @@ def train_trial(config: dict, setup: TrialSetup) -> None:
         setup.tracking_uri, setup.experiment_id, setup.parent_run_id, key, run_name(config),
         params={**config, "model": setup.model, "dataset": setup.dataset, **{f"dataset.{k}": v for k, v in setup.dataset_args.items()}},
         tags={"arm": config["arm"], "phase": config["phase"], "seed": str(config["seed"]), "sweep_id": setup.sweep_id,
-              **setup.run_tags, **{f"version.{k}": v for k, v in train.versions().items()}},
+              **setup.run_tags, **train.environment()},
     )
     train.setup_tensorflow(max(1, int(setup.cpu)))
 
@@ -272,7 +272,7 @@ def run_search(sweep: Sweep, *, sweep_id: str, tracking_uri: str, storage: str, 
             name=sweep_id,
             storage_path=storage,
             callbacks=[closer],
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             failure_config=tune.FailureConfig(max_failures=2),
             verbose=1,
         ),

@@ -1,0 +1,26 @@
+"""Question: none vs BN in a tiny MLP on digits, for the integration test: a grid that holds a
+hopeless learning rate (ASHA stops it) and an absurd one (the trial diverges).
+
+Command:  bnsearch run tests/sweeps/tiny_mlp.py
+Cost:     2 arms x 6 trials x <= 3 epochs, about half a minute on 2 CPUs.
+"""
+
+from bnsearch.spec import Budget, Choice, Resources, Sweep
+
+
+def get_sweep(dry_run: bool = False) -> Sweep:
+    return Sweep(
+        name="tiny_mlp",
+        model="mlp",
+        model_args={"hidden_sizes": (32, 32)},
+        dataset="digits",
+        scientific={"bn_placement": ("none", "before")},
+        nuisance={"learning_rate": Choice((1e-4, 0.1, 1e30)), "batch_size": Choice((32, 128))},
+        fixed={"optimizer": "sgd"},
+        budget=Budget(trials_per_arm=6, max_epochs=3, grace_epochs=1, reduction_factor=2, sampler="grid", max_concurrent_trials=2),
+        resources=Resources(cpu=1),
+    )
+
+
+if __name__ == "__main__":
+    from bnsearch.cli import run_file; run_file(__file__)  # noqa: E702

@@ -1,0 +1,63 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bnsearch import cli
+
+ROOT = Path(__file__).resolve().parents[1]
+BAD_SWEEP = '''
+from bnsearch.spec import Sweep, LogUniform
+def get_sweep(dry_run=False):
+    return Sweep(name="bad", model="mlp", dataset="digits", scientific={"bn_placement": ("before",)},
+                 nuisance={"learning_rate": LogUniform(-1.0, 0.1)})
+'''
+
+
+def run_cli(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "bnsearch.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--tracking-uri", "ftp://x"], "bnsearch: error: --tracking-uri: must start with one of"),
+        (["--address", "not an address"], "bnsearch: error: --address: must be 'auto'"),
+    ],
+)
+def test_bad_arguments_exit_2_before_any_resource(tmp_path, args, message):
+    result = run_cli("run", str(ROOT / "sweeps" / "bn_vs_none.py"), "--storage", str(tmp_path / "out"), *args, cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()] and message in result.stderr
+    assert not (tmp_path / "out").exists()  # no store, no Ray session, nothing written
+
+
+def test_bad_spec_exits_2_with_the_field(tmp_path):
+    (tmp_path / "bad.py").write_text(BAD_SWEEP)
+    result = run_cli("run", "bad.py", "--storage", "out", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip() == "bnsearch: error: nuisance.learning_rate: a log scale needs low > 0, got -1.0"
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_sweep_file_and_bad_flag(tmp_path):
+    result = run_cli("run", "nowhere.py", cwd=tmp_path)
+    assert result.returncode == 2 and "sweep: no such sweep file: nowhere.py" in result.stderr
+    assert run_cli("run", "x.py", "--epochs", "3", cwd=tmp_path).returncode == 2  # argparse's own
+
+
+def test_the_driver_never_imports_a_training_framework():
+    code = (
+        "import sys, bnsearch.cli, bnsearch.trainable, bnsearch.tracking, bnsearch.search\n"
+        f"[bnsearch.cli.load_sweep(p, d).validate() for p in {[str(p) for p in (ROOT / 'sweeps').glob('*.py')]!r} for d in (0, 1)]\n"
+        "print(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+def test_validate_command_checks_both_sizes(capsys):
+    assert cli.main(["validate", str(ROOT / "sweeps" / "placement.py")]) == 0
+    assert "placement.py: ok" in capsys.readouterr().out

@@ -1,0 +1,114 @@
+import json
+from pathlib import Path
+
+import pytest
+
+from bnsearch.cli import load_sweep
+from bnsearch.spec import Budget, Choice, ComplementLogUniform, IntUniform, LogUniform, Resources, SpecError, Sweep, Uniform
+
+SWEEPS = sorted((Path(__file__).resolve().parents[1] / "sweeps").glob("*.py"))
+
+
+def base(**changes) -> Sweep:
+    sweep = Sweep(
+        name="t", model="mlp", dataset="digits",
+        scientific={"bn_placement": ("none", "before")},
+        nuisance={"learning_rate": LogUniform(1e-4, 1e-1), "bn_momentum": ComplementLogUniform(0.9, 0.999)},
+    )
+    return sweep.replace(**changes)
+
+
+def problems(sweep: Sweep) -> dict[str, str]:
+    with pytest.raises(SpecError) as error:
+        sweep.validate()
+    return dict(error.value.problems)
+
+
+def test_a_good_spec_validates():
+    assert base().validate() is None
+
+
+@pytest.mark.parametrize(
+    "changes, field, message",
+    [
+        ({"model": "resnet"}, "model", "unknown model 'resnet'; known: convnet, mlp, mobilenet_v2"),
+        ({"dataset": "imagenet"}, "dataset", "known: cifar10, digits"),
+        ({"nuisance": {"learning_rate": LogUniform(0, 1)}}, "nuisance.learning_rate", "log scale needs low > 0"),
+        ({"nuisance": {"learning_rate": Uniform(-1, 1)}}, "nuisance.learning_rate", "must be a number > 0, got -1"),
+        ({"fixed": {"learning_rate": 0.0}}, "fixed.learning_rate", "must be a number > 0"),
+        ({"fixed": {"bn_momentum": 1.0}}, "fixed.bn_momentum", "in (0, 1)"),
+        ({"nuisance": {"bn_momentum": ComplementLogUniform(0.9, 1.0)}}, "nuisance.bn_momentum", "high < 1"),
+        ({"nuisance": {"bn_momentum": Choice((0.9, 0.0))}}, "nuisance.bn_momentum", "in (0, 1)"),
+        ({"fixed": {"bn_epsilon": 0}}, "fixed.bn_epsilon", "must be a number > 0"),
+        ({"nuisance": {"batch_size": Choice((32, 0))}}, "nuisance.batch_size", "a whole number >= 1, got 0"),
+        ({"fixed": {"batch_size": 1.5}}, "fixed.batch_size", "a whole number >= 1"),
+        ({"scientific": {"bn_placement": ()}}, "scientific.bn_placement", "an empty arm list"),
+        ({"scientific": {}}, "scientific", "at least one"),
+        ({"scientific": {"bn_placement": ("before", "before")}}, "scientific.bn_placement", "duplicate arm values"),
+        ({"scientific": {"bn_placement": ("before", "middle")}}, "scientific.bn_placement", "one of none, before, after"),
+        ({"fixed": {"bn_placement": "after"}}, "fixed.bn_placement", "duplicate name: already set in scientific"),
+        ({"nuisance": {"learning_rate": LogUniform(0.1, 0.01)}}, "nuisance.learning_rate", "low bound 0.1 is above its high bound 0.01"),
+        ({"nuisance": {"learning_rate": 0.1}}, "nuisance.learning_rate", "put constants in fixed"),
+        ({"nuisance": {"batch_size": IntUniform(8, 4)}}, "nuisance.batch_size", "above its high bound"),
+        ({"nuisance": {"batch_size": Choice((32, 32))}}, "nuisance.batch_size", "duplicate values"),
+        ({"resources": Resources(gpu=1.5)}, "resources.gpu", "a fraction in (0, 1] or a whole number, got 1.5"),
+        ({"resources": Resources(gpu=-0.5)}, "resources.gpu", "a fraction in (0, 1]"),
+        ({"resources": Resources(cpu=0)}, "resources.cpu", "> 0"),
+        ({"fixed": {"depth": 3}}, "fixed.depth", "unknown hyperparameter; allowed:"),
+        ({"fixed": {"activation": "gelu"}}, "fixed.activation", "one of relu, relu6, sigmoid, tanh"),
+        ({"fixed": {"optimizer": "lamb"}}, "fixed.optimizer", "one of sgd, adam"),
+        ({"model_args": {"hidden_sizes": ()}}, "model_args.hidden_sizes", "non-empty list"),
+        ({"dataset_args": {"rows": 3}}, "dataset_args.rows", "allowed: test_fraction"),
+        ({"budget": Budget(trials_per_arm=0)}, "budget.trials_per_arm", ">= 1"),
+        ({"budget": Budget(max_epochs=3, grace_epochs=5)}, "budget.grace_epochs", "[1, max_epochs=3]"),
+        ({"budget": Budget(reduction_factor=1)}, "budget.reduction_factor", ">= 2"),
+        ({"budget": Budget(sampler="cmaes")}, "budget.sampler", "one of tpe, random, grid"),
+        ({"budget": Budget(sampler="grid")}, "nuisance.learning_rate", "grid sampler needs Choice"),
+        ({"metric": "f1"}, "metric", "one of val_accuracy, val_loss"),
+        ({"mode": "min"}, "mode", "use mode='max'"),
+        ({"name": "no spaces"}, "name", "letters, digits"),
+    ],
+)
+def test_each_bad_value_gets_one_line_naming_the_field(changes, field, message):
+    found = problems(base(**changes))
+    assert field in found, found
+    assert message in found[field]
+
+
+def test_all_bad_fields_are_reported_together():
+    found = problems(base(fixed={"learning_rate": -1.0, "batch_size": 0}))
+    assert set(found) == {"fixed.learning_rate", "fixed.batch_size"}
+    assert str(SpecError(list(found.items()))).count("\n") == 1
+
+
+def test_arms_and_conditional_bn_parameters():
+    sweep = base()
+    assert list(sweep.arms()) == ["none", "before"]
+    assert set(sweep.nuisance_for("before")) == {"learning_rate", "bn_momentum"}
+    assert set(sweep.nuisance_for("none")) == {"learning_rate"}  # no BN, no BN parameters
+    assert "bn_epsilon" not in sweep.arm_config("none") and sweep.arm_config("before")["bn_epsilon"] == 1e-3
+
+
+def test_several_scientific_hyperparameters_cross_into_named_arms():
+    sweep = base(scientific={"bn_placement": ("none", "before"), "batch_size": (16, 256)})
+    assert list(sweep.arms()) == [
+        "bn_placement=none,batch_size=16", "bn_placement=none,batch_size=256",
+        "bn_placement=before,batch_size=16", "bn_placement=before,batch_size=256",
+    ]
+    assert sweep.arm_config("bn_placement=before,batch_size=256")["batch_size"] == 256
+
+
+def test_spec_record_is_json():
+    record = json.loads(json.dumps(base().to_dict()))
+    assert record["nuisance"]["bn_momentum"] == {"distribution": "ComplementLogUniform", "low": 0.9, "high": 0.999}
+    assert record["budget"]["trials_per_arm"] == 8
+
+
+@pytest.mark.parametrize("path", SWEEPS, ids=[p.stem for p in SWEEPS])
+@pytest.mark.parametrize("dry_run", [False, True], ids=["full", "dry-run"])
+def test_every_sweep_file_validates(path, dry_run):
+    sweep = load_sweep(str(path), dry_run)
+    sweep.validate()
+    if dry_run:
+        assert sweep.dataset in ("digits", "mnist1d"), "a dry run must work offline"
+    assert "Question" in path.read_text() and "Command" in path.read_text() and "Cost" in path.read_text()

@@ -1,0 +1,46 @@
+from mlflow.tracking import MlflowClient
+
+from bnsearch import tracking
+
+
+def tracker(tmp_path):
+    t = tracking.SweepTracker(tracking.default_tracking_uri(tmp_path), "exp", artifact_root=tmp_path / "artifacts")
+    t.start_sweep("sweep-1", params={"model": "mlp"}, tags={}, artifacts={"spec.json": {"a": 1}})
+    return t
+
+
+def test_a_trial_key_maps_to_exactly_one_run(tmp_path):
+    t = tracker(tmp_path)
+    open_ = lambda: tracking.TrialRun.open(t.tracking_uri, t.experiment_id, t.parent_run_id, "sweep-1/search/abc", "r", params={"lr": 0.1})  # noqa: E731
+    first = open_()
+    first.log_epoch(1, {"val_accuracy": 0.5})
+    t.close_trial("sweep-1/search/abc", "stopped_early")
+    again = open_()  # a retried or resumed trial
+    assert again.run_id == first.run_id and len(t.child_runs()) == 1
+    assert MlflowClient(t.tracking_uri).get_run(again.run_id).info.status == "RUNNING"
+
+
+def test_a_repeated_metric_write_is_stored_once(tmp_path):
+    t = tracker(tmp_path)
+    run = tracking.TrialRun.open(t.tracking_uri, t.experiment_id, t.parent_run_id, "k", "r")
+    run.log_epoch(1, {"loss": 1.0})
+    original = run.client.get_metric_history(run.run_id, "loss")[0]
+    run.client.log_batch(run.run_id, metrics=[original])  # what a client retry sends
+    assert len(run.client.get_metric_history(run.run_id, "loss")) == 1
+
+
+def test_statuses_parent_tag_orphans_and_parent_reuse(tmp_path):
+    t = tracker(tmp_path)
+    for key in ("a", "b", "c"):
+        tracking.TrialRun.open(t.tracking_uri, t.experiment_id, t.parent_run_id, key, key)
+    t.close_trial("a", "diverged")
+    t.close_trial("b", "failed")
+    t.close_trial("never-started", "failed", run_name="x")  # died before opening its run
+    assert t.close_orphans() == 1  # c never reported an end
+    runs = {r.data.tags["trial_key"]: r for r in t.child_runs()}
+    assert {k: (r.info.status, r.data.tags["status"]) for k, r in runs.items()} == {
+        "a": ("FINISHED", "diverged"), "b": ("FAILED", "failed"), "c": ("FAILED", "failed"), "never-started": ("FAILED", "failed"),
+    }
+    assert all(r.data.tags["mlflow.parentRunId"] == t.parent_run_id for r in runs.values())
+    assert t.start_sweep("sweep-1", {}, {}, {}) == t.parent_run_id  # same sweep id, same parent
+    assert [a.path for a in MlflowClient(t.tracking_uri).list_artifacts(t.parent_run_id)] == ["spec.json"]

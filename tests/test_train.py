@@ -1,0 +1,67 @@
+import math
+import os
+
+import pytest
+
+from bnsearch import train
+
+CONFIG = {"seed": 3, "bn_placement": "before", "learning_rate": 0.01, "batch_size": 64, "hidden_sizes": (16,)}
+
+
+class Recorder:
+    def __init__(self, keep_checkpoint_at=None, tmp=None):
+        self.reports, self.keep_at, self.tmp, self.kept = [], keep_checkpoint_at, tmp, None
+
+    def __call__(self, metrics, checkpoint_dir):
+        self.reports.append((metrics, checkpoint_dir and sorted(os.listdir(checkpoint_dir))))
+        if checkpoint_dir and metrics["epoch"] == self.keep_at:
+            import shutil
+
+            self.kept = shutil.copytree(checkpoint_dir, self.tmp / "kept")
+
+
+def fit(config=CONFIG, epochs=3, report=None, restore_dir=None, model="mlp", dataset="digits"):
+    report = report or Recorder()
+    final = train.run(config, model=model, dataset=dataset, dataset_args={}, max_epochs=epochs, report=report, restore_dir=restore_dir)
+    return final, report
+
+
+def test_reports_every_epoch_with_checkpoints_and_test_accuracy_at_the_end():
+    final, rec = fit()
+    assert [m["epoch"] for m, _ in rec.reports] == [1, 2, 3]
+    for metrics, files in rec.reports[:-1]:
+        assert {"loss", "accuracy", "val_loss", "val_accuracy", "epoch_time_s", "samples_per_s", "train_time_s"} <= set(metrics)
+        assert files == [train.MODEL_FILE, train.STATE_FILE] and "test_accuracy" not in metrics
+    assert rec.reports[-1][1] is None and final["test_accuracy"] > 0.8  # digits: an MLP learns it
+    assert final["diverged"] == 0.0 and final["train_time_s"] == pytest.approx(sum(m["epoch_time_s"] for m, _ in rec.reports))
+
+
+def test_same_seed_same_result_and_another_seed_differs():
+    a, _ = fit(epochs=2)
+    b, _ = fit(epochs=2)
+    c, _ = fit({**CONFIG, "seed": 4}, epochs=2)
+    assert a["val_loss"] == b["val_loss"]
+    assert a["val_loss"] != c["val_loss"]
+
+
+def test_a_diverging_run_stops_and_is_reported_as_diverged():
+    final, rec = fit({**CONFIG, "bn_placement": "none", "optimizer": "sgd", "learning_rate": 1e30}, epochs=5)
+    assert len(rec.reports) == 1 and final["diverged"] == 1.0 and not math.isfinite(final["loss"])
+
+
+def test_resume_from_a_checkpoint_continues_where_it_stopped(tmp_path):
+    _, first = fit(epochs=3, report=Recorder(keep_checkpoint_at=1, tmp=tmp_path))
+    final, resumed = fit(epochs=3, restore_dir=str(first.kept))
+    assert [m["epoch"] for m, _ in resumed.reports] == [2, 3]
+    assert final["train_time_s"] > resumed.reports[0][0]["epoch_time_s"]  # carries time from before
+
+
+def test_mnist1d_convnet_trains():
+    config = {"seed": 0, "bn_placement": "before", "bn_momentum": 0.9, "learning_rate": 0.01, "batch_size": 32}
+    final, _ = fit(config, epochs=3, model="convnet", dataset="mnist1d")
+    assert final["accuracy"] > 0.2 and final["test_accuracy"] > 0.2  # chance is 0.1
+
+
+def test_environment_records_versions_and_bn_convention():
+    env = train.environment()
+    assert env["bn_moving_variance"] == "biased" and env["version.keras"].startswith("3.")
