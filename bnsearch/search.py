@@ -6,6 +6,7 @@ so every arm is tuned by its own study with the same budget.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -47,13 +48,15 @@ def make_sampler(kind: str, dims: Mapping[str, Distribution], seed: int, trials:
     """``tpe`` (default; multivariate, group-aware, constant liar for parallel trials),
     ``random``, or ``grid`` (Choice dimensions only, cycled in a seeded order)."""
     if kind == "tpe":
-        return optuna.samplers.TPESampler(
-            seed=seed,
-            n_startup_trials=max(2, min(10, trials // 3)),
-            multivariate=True,
-            group=True,
-            constant_liar=True,
-        )
+        with warnings.catch_warnings():  # `group` is marked experimental, stable since Optuna 2.8
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.TPESampler(
+                seed=seed,
+                n_startup_trials=max(2, min(10, trials // 3)),
+                multivariate=True,
+                group=True,
+                constant_liar=True,
+            )
     if kind == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if kind == "grid":
