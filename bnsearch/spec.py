@@ -149,7 +149,6 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "width_multiplier": _POSITIVE,
     "kernel_size": _check(lambda v: _is_int(v) and v >= 1, "a whole number >= 1"),
 }
-TRAINING_PARAMETERS = tuple(DEFAULTS)
 
 
 def has_bn(values: Mapping[str, Any]) -> bool:
@@ -290,7 +289,7 @@ def _problems(sweep: Sweep):
             if name not in allowed:
                 yield f"dataset_args.{name}", f"not an option of {sweep.dataset!r}; allowed: {', '.join(allowed) or 'none'}"
 
-    known = set(TRAINING_PARAMETERS) | set(BN_PARAMETERS) | {"bn_placement"}
+    known = set(DEFAULTS)
     if model_ok:
         known |= set(model_parameters(sweep.model))
 
@@ -352,6 +351,7 @@ def _problems(sweep: Sweep):
 
 
 def _value_problems(where: str, name: str, values: Sequence):
+    """The first disallowed value of a hyperparameter with a known check, if any."""
     check = CHECKS.get(name)
     for value in values if check else ():
         why = check(value)

@@ -199,6 +199,7 @@ class SweepOutcome:
     tracking_uri: str
     storage: str
     metric: str
+    mode: str
     wall_s: float
     trials: list[dict]  # arm, trial_index, status, epochs, best (the metric's best value)
 
@@ -215,8 +216,6 @@ class SweepOutcome:
             if t["best"] is not None and t["status"] != "diverged":
                 values.setdefault(t["arm"], []).append(t["best"])
         return {arm: pick(v) for arm, v in values.items()}
-
-    mode: str = "max"
 
 
 def slots(cpu_per_trial: float, gpu_per_trial: float) -> int:
@@ -283,9 +282,9 @@ def run_search(sweep: Sweep, *, sweep_id: str, tracking_uri: str, storage: str, 
     finally:
         tracker.close_orphans()
         tracker.end_sweep(ok)
-    return SweepOutcome(sweep_id, tracker.experiment_id, parent, tracking_uri, storage, sweep.metric,
-                        time.perf_counter() - start, sorted(closer.trials.values(), key=lambda t: (t["arm"], t["trial_index"])),
-                        mode=sweep.mode)
+    trials = sorted(closer.trials.values(), key=lambda t: (t["arm"], t["trial_index"]))
+    return SweepOutcome(sweep_id, tracker.experiment_id, parent, tracking_uri, storage, sweep.metric, sweep.mode,
+                        time.perf_counter() - start, trials)
 
 
 def _local_artifact_root(tracking_uri: str, storage: str) -> str | None:
