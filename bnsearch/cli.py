@@ -106,8 +106,9 @@ def summary(outcome) -> str:
     lines += [
         f"\nMLflow: experiment id {outcome.experiment_id}, parent run {outcome.parent_run_id} in {outcome.tracking_uri}",
         f"Tune results and checkpoints: {os.path.join(outcome.storage, outcome.sweep_id)}",
-        (f"Open the MLflow UI: mlflow ui --backend-store-uri {ui} --host 127.0.0.1 --port 5000, then http://127.0.0.1:5000"
-         if ui else f"Open the MLflow UI at {outcome.tracking_uri}"),
+        (f"Open the MLflow UI: mlflow ui --backend-store-uri {ui} --host 127.0.0.1 --port 5000, "
+         f"then http://127.0.0.1:5000/#/experiments/{outcome.experiment_id}/runs"
+         if ui else f"Open the MLflow UI: {outcome.tracking_uri}/#/experiments/{outcome.experiment_id}/runs"),
     ]
     return "\n".join(lines)
 

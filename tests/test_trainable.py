@@ -1,0 +1,28 @@
+"""Unit tests of the per-arm searcher's own logic (no Ray cluster is started)."""
+
+from ray.tune.search import Searcher
+
+from bnsearch.spec import Budget, ComplementLogUniform, LogUniform, Sweep
+from bnsearch.trainable import SEARCH_SEED_BASE, ArmSearcher
+
+SWEEP = Sweep(
+    name="t", model="mlp", dataset="digits", scientific={"bn_placement": ("none", "before", "after")},
+    nuisance={"learning_rate": LogUniform(1e-3, 1e-1), "bn_momentum": ComplementLogUniform(0.9, 0.999)},
+    budget=Budget(trials_per_arm=3, sampler="random"),
+)
+
+
+def test_round_robin_gives_every_arm_the_same_budget_then_finishes(tmp_path):
+    searcher = ArmSearcher(SWEEP)
+    configs = [searcher.suggest(f"t{i}") for i in range(9)]
+    assert [c["arm"] for c in configs] == ["none", "before", "after"] * 3
+    assert searcher.suggest("t9") is Searcher.FINISHED
+    for c in configs:
+        assert c["seed"] == SEARCH_SEED_BASE + c["trial_index"] and c["phase"] == "search"
+        assert ("bn_momentum" in c) == (c["arm"] != "none") and 1e-3 <= c["learning_rate"] <= 1e-1
+    # searcher state survives a save/restore (what Tune does when a driver restarts)
+    searcher.on_trial_complete("t0", {"val_accuracy": 0.5})
+    searcher.save(str(tmp_path / "s.pkl"))
+    restored = ArmSearcher(SWEEP)
+    restored.restore(str(tmp_path / "s.pkl"))
+    assert restored.started == {"none": 3, "before": 3, "after": 3} and restored.suggest("t10") is Searcher.FINISHED
