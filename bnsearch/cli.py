@@ -1,7 +1,9 @@
 """The command line; the only argument parsing. Every bad argument or spec is reported as one
 line per field and exit code 2, before Ray or MLflow is touched.
 
-    bnsearch run sweeps/placement.py [--dry-run] [--address ADDR] [--tracking-uri URI] [--storage PATH]
+    bnsearch run sweeps/placement.py [--dry-run] [--seeds N] [--phase search|replicate|report|all]
+                                     [--address ADDR] [--tracking-uri URI] [--storage PATH] [--sweep-id ID]
+    bnsearch report EXPERIMENT [--sweep-id ID] [--tracking-uri URI] [--storage PATH]
     bnsearch validate sweeps/*.py
     python sweeps/placement.py --dry-run        # the same as `bnsearch run`
 """
@@ -9,6 +11,7 @@ line per field and exit code 2, before Ray or MLflow is touched.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import os
 import platform
@@ -16,12 +19,14 @@ import re
 import sys
 import time
 from importlib import metadata
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from bnsearch.spec import SpecError, Sweep
 
 DEFAULT_STORAGE = "bnsearch-results"
+PHASE_CHOICES = {"search": ("search",), "replicate": ("replicate",), "report": ("report",),
+                 "all": ("search", "replicate", "report")}
 TRACKING_SCHEMES = ("sqlite", "file", "http", "https", "postgresql", "mysql", "mssql", "databricks")
 PACKAGES = ("bnsearch", "ray", "tensorflow", "keras", "optuna", "mlflow", "numpy", "pyarrow", "scipy")
 
@@ -51,6 +56,8 @@ def check_arguments(args: argparse.Namespace) -> None:
     storage = Path(args.storage)
     if storage.exists() and not storage.is_dir():
         problems.append(("--storage", f"must be a directory, {args.storage!r} is a file"))
+    if args.seeds is not None and args.seeds < 2:
+        problems.append(("--seeds", f"must be a whole number >= 2 (statistics need two seeds per arm), got {args.seeds}"))
     if problems:
         raise SpecError(problems)
 
@@ -69,48 +76,76 @@ def versions() -> dict[str, str]:
 def _run(args: argparse.Namespace) -> int:
     sweep = load_sweep(args.sweep, dry_run=args.dry_run)
     check_arguments(args)
+    if args.seeds is not None:
+        sweep = sweep.replace(budget=dataclasses.replace(sweep.budget, seeds=args.seeds))
     sweep.validate()
 
-    from bnsearch import tracking, trainable  # Ray and MLflow load only after validation
+    from bnsearch import phases, tracking  # MLflow loads only after validation
 
     storage = Path(args.storage).resolve()
     storage.mkdir(parents=True, exist_ok=True)
-    tracking_uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or tracking.default_tracking_uri(storage)
+    tracking_uri = tracking.resolve_tracking_uri(args.tracking_uri, storage)
     experiment = sweep.name + ("-dry-run" if args.dry_run else "")
-    sweep_id = f"{experiment}-{time.strftime('%Y%m%d-%H%M%S')}"
-    address = None if args.address in (None, "local") else args.address
-    print(f"bnsearch: sweep {sweep_id}: {len(sweep.arms())} arms x {sweep.budget.trials_per_arm} trials, "
-          f"up to {sweep.budget.max_epochs} epochs each; tracking {tracking_uri}", flush=True)
-    outcome = trainable.run_search(
-        sweep.replace(name=experiment), sweep_id=sweep_id, tracking_uri=tracking_uri, storage=str(storage),
-        address=address, run_tags={"dry_run": str(args.dry_run).lower()},
-        spec_record={**sweep.to_dict(), "dry_run": args.dry_run}, versions=versions(),
+    sweep = sweep.replace(name=experiment)
+    chosen = PHASE_CHOICES[args.phase]
+    spec_record = {**sweep.to_dict(), "arms": list(sweep.arms()), "dry_run": args.dry_run,
+                   "comparisons": [dataclasses.asdict(c) for c in sweep.declared_comparisons()]}
+    # The driver creates the store, experiment and parent run before any trial starts.
+    tracker = tracking.SweepTracker(tracking_uri, experiment, artifact_root=tracking.local_artifact_root(tracking_uri, storage))
+    if "search" in chosen:
+        sweep_id = args.sweep_id or f"{experiment}-{time.strftime('%Y%m%d-%H%M%S')}"
+    else:
+        try:
+            sweep_id = tracker.open_sweep(args.sweep_id)
+        except LookupError as error:
+            raise SpecError([("--phase", f"{args.phase} continues a sweep: {error}; run --phase search (or all) first")]) from None
+    tracker.start_sweep(
+        sweep_id,
+        params={"model": sweep.model, "dataset": sweep.dataset, "metric": sweep.metric, "mode": sweep.mode,
+                "arms": list(sweep.arms()), "trials_per_arm": sweep.budget.trials_per_arm,
+                "max_epochs": sweep.budget.max_epochs, "sampler": sweep.budget.sampler,
+                "early_stopping": sweep.budget.early_stopping, "search_seed": sweep.budget.search_seed},
+        tags={"dry_run": str(args.dry_run).lower()},
+        artifacts={"spec.json": spec_record, "versions.json": versions()},
     )
-    print(summary(outcome))
-    return 0 if all(t["status"] != "failed" for t in outcome.trials) else 1
+    print(f"bnsearch: sweep {sweep_id}, phases {', '.join(chosen)}: {len(sweep.arms())} arms x "
+          f"{sweep.budget.trials_per_arm} search trials, {sweep.budget.seeds} replicate seeds, "
+          f"up to {sweep.budget.max_epochs} epochs each; tracking {tracking_uri}", flush=True)
+    ok = False
+    try:
+        ok = phases.run(sweep, chosen, tracker=tracker, sweep_id=sweep_id, storage=storage, spec_record=spec_record,
+                        address=None if args.address in (None, "local") else args.address,
+                        run_tags={"dry_run": str(args.dry_run).lower()})
+    finally:
+        tracker.end_sweep(ok)
+    print(where(tracking_uri, tracker.experiment_id, tracker.parent_run_id, storage / sweep_id))
+    return 0 if ok else 1
 
 
-def summary(outcome) -> str:
-    counts: dict[str, dict[str, int]] = {}
-    for trial in outcome.trials:
-        arm = counts.setdefault(trial["arm"], {})
-        arm[trial["status"]] = arm.get(trial["status"], 0) + 1
-    lines = [f"\nSweep {outcome.sweep_id}: {len(outcome.trials)} trials, {outcome.epochs} epochs, {outcome.wall_s:.0f} s wall time"]
-    lines.append(f"{'arm':<24}{'trials':>7}{'best ' + outcome.metric:>22}  statuses")
-    for arm, by_status in counts.items():
-        best = outcome.best.get(arm)
-        best_text = f"{best:.4f}" if best is not None else "-"
-        statuses = ", ".join(f"{n} {s}" for s, n in sorted(by_status.items()))
-        lines.append(f"{arm:<24}{sum(by_status.values()):>7}{best_text:>22}  {statuses}")
-    ui = outcome.tracking_uri if not outcome.tracking_uri.startswith("http") else None
-    lines += [
-        f"\nMLflow: experiment id {outcome.experiment_id}, parent run {outcome.parent_run_id} in {outcome.tracking_uri}",
-        f"Tune results and checkpoints: {os.path.join(outcome.storage, outcome.sweep_id)}",
-        (f"Open the MLflow UI: mlflow ui --backend-store-uri {ui} --host 127.0.0.1 --port 5000, "
-         f"then http://127.0.0.1:5000/#/experiments/{outcome.experiment_id}/runs"
-         if ui else f"Open the MLflow UI: {outcome.tracking_uri}/#/experiments/{outcome.experiment_id}/runs"),
-    ]
-    return "\n".join(lines)
+def _report(args: argparse.Namespace) -> int:
+    from bnsearch import phases, tracking
+
+    storage = Path(args.storage).resolve()
+    tracking_uri = tracking.resolve_tracking_uri(args.tracking_uri, storage)
+    try:
+        tracker = tracking.SweepTracker(tracking_uri, args.experiment, create=False)
+        sweep_id = tracker.open_sweep(args.sweep_id)
+    except LookupError as error:
+        raise SpecError([("experiment", str(error))]) from None
+    print(phases.make_report(tracker, tracker.read_json("spec.json"), storage / sweep_id / "report"))
+    print(where(tracking_uri, tracker.experiment_id, tracker.parent_run_id, storage / sweep_id))
+    return 0
+
+
+def where(tracking_uri: str, experiment_id: str, parent_run_id: str, results: Path) -> str:
+    runs = f"#/experiments/{experiment_id}/runs"
+    ui = (f"mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1 --port 5000, then http://127.0.0.1:5000/{runs}"
+          if not tracking_uri.startswith("http") else f"{tracking_uri}/{runs}")
+    return "\n".join([
+        f"\nMLflow: experiment id {experiment_id}, parent run {parent_run_id} in {tracking_uri}",
+        f"Results, Tune runs and checkpoints: {results}*",
+        f"Open the MLflow UI: {ui}",
+    ])
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -130,7 +165,17 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--address", help="Ray cluster to join: auto, HOST:PORT or ray://HOST:PORT (default: start a local one)")
     run.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else SQLite under --storage)")
     run.add_argument("--storage", default=DEFAULT_STORAGE, help=f"results directory: Tune runs, checkpoints, local MLflow store (default: ./{DEFAULT_STORAGE})")
+    run.add_argument("--seeds", type=int, help="replicate seeds per arm (default: the sweep's budget.seeds)")
+    run.add_argument("--phase", choices=tuple(PHASE_CHOICES), default="all",
+                     help="search, replicate or report (these two continue the latest sweep, or --sweep-id), or all (default)")
+    run.add_argument("--sweep-id", help="the sweep to continue with --phase replicate/report (default: the latest)")
     run.set_defaults(func=_run)
+    report = commands.add_parser("report", help="rebuild a sweep's report from MLflow alone")
+    report.add_argument("experiment", help="MLflow experiment name, e.g. bn_vs_none or bn_vs_none-dry-run")
+    report.add_argument("--sweep-id", help="which sweep of the experiment (default: the latest)")
+    report.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else SQLite under --storage)")
+    report.add_argument("--storage", default=DEFAULT_STORAGE, help="where the local store is and the report is written")
+    report.set_defaults(func=_report)
     validate = commands.add_parser("validate", help="check sweep files (full and dry-run sizes) without running them")
     validate.add_argument("sweeps", nargs="+")
     validate.set_defaults(func=_validate)

@@ -76,3 +76,37 @@ class _AskTellGridSampler(optuna.samplers.GridSampler):
 def quiet() -> None:
     """Optuna logs every trial at INFO; Tune already shows progress."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def param_importances(configs: list[Mapping[str, Any]], values: list[float], seed: int = 0) -> dict[str, float]:
+    """fANOVA importance of each varying hyperparameter for ``values`` (one per trial), as
+    Optuna computes it; {} when there is too little to go on.
+
+    Distributions are rebuilt from the observed values: numbers on a log scale when they are
+    positive and span a decade or more, anything else as categories.
+    """
+    names = sorted({k for c in configs for k in c})
+    distributions = {}
+    for name in names:
+        seen = [c[name] for c in configs if name in c]
+        if len(seen) < len(configs) or len({repr(v) for v in seen}) < 2:
+            continue  # constant, or absent from some trials
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in seen):
+            low, high = float(min(seen)), float(max(seen))
+            distributions[name] = optuna.distributions.FloatDistribution(low, high, log=low > 0 and high / low >= 10)
+        else:
+            distributions[name] = optuna.distributions.CategoricalDistribution(sorted({json_safe(v) for v in seen}, key=repr))
+    if not distributions or len(values) < 3 or len(set(values)) < 2:
+        return {}
+    study = optuna.create_study()
+    for config, value in zip(configs, values):
+        params = {n: (float(config[n]) if isinstance(d, optuna.distributions.FloatDistribution) else json_safe(config[n]))
+                  for n, d in distributions.items()}
+        study.add_trial(optuna.trial.create_trial(params=params, distributions=distributions, value=value))
+    evaluator = optuna.importance.FanovaImportanceEvaluator(seed=seed)
+    return {k: float(v) for k, v in optuna.importance.get_param_importances(study, evaluator=evaluator).items()}
+
+
+def json_safe(value: Any) -> Any:
+    """Optuna categories must be None, bool, int, float or str."""
+    return value if value is None or isinstance(value, (bool, int, float, str)) else str(value)

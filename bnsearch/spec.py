@@ -91,6 +91,8 @@ ACTIVATIONS = ("relu", "relu6", "sigmoid", "tanh")
 OPTIMIZERS = ("sgd", "adam")
 METRICS = {"val_accuracy": "max", "val_loss": "min", "accuracy": "max", "loss": "min"}
 SAMPLERS = ("tpe", "random", "grid")
+QUESTION_KINDS = ("difference", "equivalence")
+REPORT_METRICS = ("test_accuracy", "val_accuracy", "accuracy")
 
 # Defaults follow Keras (BN momentum 0.99 is a moving-average decay, epsilon 1e-3).
 DEFAULTS: dict[str, Any] = {
@@ -176,6 +178,26 @@ class Budget:
     sampler: str = "tpe"
     max_concurrent_trials: int | None = None  # None: as many as the resources allow
     search_seed: int = 0
+    seeds: int = 10  # replicate phase: every arm's best configuration re-run on seeds 0..seeds-1
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """A claim the report settles: arm ``a`` against arm ``b`` on the sweep's report metric.
+
+    ``kind="difference"`` asks whether the arms differ; ``kind="equivalence"`` whether they
+    are the same within ``sesoi``, the smallest effect of interest, in accuracy points
+    (0.5 = half a percentage point).
+    """
+
+    a: str
+    b: str
+    kind: str = "difference"
+    sesoi: float = 0.5
+
+    @property
+    def label(self) -> str:
+        return f"{self.a} vs {self.b}"
 
 
 @dataclass(frozen=True)
@@ -204,6 +226,8 @@ class Sweep:
     metric: str = "val_accuracy"
     mode: str = "max"
     question: str = ""
+    comparisons: Sequence[Comparison] = ()  # none declared: every pair of arms, "difference"
+    report_metric: str = "test_accuracy"  # final value at the full epoch budget, in the replicate phase
 
     # -- arms and spaces --------------------------------------------------------------------
 
@@ -240,6 +264,13 @@ class Sweep:
             for name, dist in self.nuisance.items()
             if with_bn or name not in BN_PARAMETERS
         }
+
+    def declared_comparisons(self) -> list[Comparison]:
+        """The family the report tests (and Holm-corrects): the declared comparisons, else
+        every pair of arms as a difference question."""
+        if self.comparisons:
+            return list(self.comparisons)
+        return [Comparison(a, b) for a, b in itertools.combinations(self.arms(), 2)]
 
     def replace(self, **changes) -> "Sweep":
         return dataclasses.replace(self, **changes)
@@ -335,6 +366,29 @@ def _problems(sweep: Sweep):
         yield "budget.max_concurrent_trials", f"must be a whole number >= 1 or None, got {b.max_concurrent_trials!r}"
     if not _is_int(b.search_seed) or b.search_seed < 0:
         yield "budget.search_seed", f"must be a whole number >= 0, got {b.search_seed!r}"
+    if not _is_int(b.seeds) or b.seeds < 2:
+        yield "budget.seeds", f"must be a whole number >= 2 (statistics need at least two seeds per arm), got {b.seeds!r}"
+
+    try:
+        arms = list(sweep.arms())
+    except TypeError:  # a malformed arm list, reported above
+        arms = []
+    for i, c in enumerate(sweep.comparisons):
+        where = f"comparisons[{i}]"
+        if not isinstance(c, Comparison):
+            yield where, f"must be a Comparison(a, b, kind, sesoi), got {c!r}"
+            continue
+        for side in ("a", "b"):
+            if getattr(c, side) not in arms:
+                yield f"{where}.{side}", f"unknown arm {getattr(c, side)!r}; arms: {', '.join(arms)}"
+        if c.a == c.b:
+            yield where, f"compares arm {c.a!r} with itself"
+        if c.kind not in QUESTION_KINDS:
+            yield f"{where}.kind", f"must be one of {', '.join(QUESTION_KINDS)}, got {c.kind!r}"
+        if not _is_real(c.sesoi) or c.sesoi <= 0:
+            yield f"{where}.sesoi", f"must be a number > 0 (accuracy points), got {c.sesoi!r}"
+    if sweep.report_metric not in REPORT_METRICS:
+        yield "report_metric", f"must be one of {', '.join(REPORT_METRICS)}, got {sweep.report_metric!r}"
 
     r = sweep.resources
     if not _is_real(r.cpu) or r.cpu <= 0:

@@ -11,6 +11,8 @@ races its schema migration), and it closes every child run with its final status
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -26,9 +28,22 @@ STATUSES = ("running", "finished", "stopped_early", "diverged", "failed")
 _RUN_STATUS = {"finished": "FINISHED", "stopped_early": "FINISHED", "diverged": "FINISHED", "failed": "FAILED"}
 
 
+DEFAULT_STORAGE = "bnsearch-results"
+
+
 def default_tracking_uri(storage: str | Path) -> str:
     """A local SQLite store beside the sweep's results."""
     return f"sqlite:///{Path(storage).resolve() / 'mlflow.db'}"
+
+
+def resolve_tracking_uri(uri: str | None = None, storage: str | Path = DEFAULT_STORAGE) -> str:
+    """The URI given, else ``$MLFLOW_TRACKING_URI``, else the local store under ``storage``."""
+    return uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(storage)
+
+
+def local_artifact_root(tracking_uri: str, storage: str | Path) -> Path | None:
+    """Artifacts of a local SQLite store live beside it; a tracking server decides its own."""
+    return Path(storage).resolve() / "artifacts" if tracking_uri.startswith("sqlite:") else None
 
 
 def _find_run(client: MlflowClient, experiment_id: str, **tags: str):
@@ -38,16 +53,27 @@ def _find_run(client: MlflowClient, experiment_id: str, **tags: str):
 
 
 def _params(values: Mapping[str, Any]) -> list[Param]:
-    return [Param(k, json.dumps(v) if isinstance(v, (list, tuple, dict)) else str(v)) for k, v in sorted(values.items())]
+    # JSON for everything but plain strings, so parse_param() gives back the typed value.
+    return [Param(k, v if isinstance(v, str) else json.dumps(v)) for k, v in sorted(values.items())]
+
+
+def parse_param(text: str) -> Any:
+    """A logged param's value: numbers, booleans and lists come back typed, strings as they are."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
 
 
 class SweepTracker:
-    """Driver side: experiment, parent run, closing child runs."""
+    """Driver side: experiment, parent run, closing child runs, reading a sweep back."""
 
-    def __init__(self, tracking_uri: str, experiment: str, artifact_root: str | Path | None = None):
+    def __init__(self, tracking_uri: str, experiment: str, artifact_root: str | Path | None = None, create: bool = True):
         self.tracking_uri = tracking_uri
         self.client = MlflowClient(tracking_uri)
         found = self.client.get_experiment_by_name(experiment)
+        if found is None and not create:
+            raise LookupError(f"no experiment {experiment!r} in {tracking_uri}")
         if found is None:
             location = Path(artifact_root).resolve().as_uri() if artifact_root else None
             self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
@@ -91,8 +117,51 @@ class SweepTracker:
     def end_sweep(self, ok: bool) -> None:
         self.client.set_terminated(self.parent_run_id, "FINISHED" if ok else "FAILED")
 
+    def open_sweep(self, sweep_id: str | None = None) -> str:
+        """Attach to an existing sweep's parent run (the latest one when ``sweep_id`` is None);
+        return its sweep id."""
+        tags = {"role": "sweep", **({"sweep_id": sweep_id} if sweep_id else {})}
+        query = " and ".join(f"tags.{k} = '{v}'" for k, v in tags.items())
+        runs = self.client.search_runs([self.experiment_id], filter_string=query, order_by=["attributes.start_time DESC"], max_results=1)
+        if not runs:
+            raise LookupError(f"no sweep {sweep_id!r} in this experiment" if sweep_id else "no sweep in this experiment yet")
+        self.parent_run_id = runs[0].info.run_id
+        return runs[0].data.tags["sweep_id"]
+
     def child_runs(self):
         return self.client.search_runs([self.experiment_id], filter_string=f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{self.parent_run_id}'", max_results=50000)
+
+    def trial_records(self) -> list[dict[str, Any]]:
+        """Every child run as plain data: run id, tags, typed params and each metric's
+        per-epoch history ``{key: {step: value}}``."""
+        records = []
+        for run in self.child_runs():
+            history = {
+                key: {m.step: m.value for m in self.client.get_metric_history(run.info.run_id, key)}
+                for key in run.data.metrics
+            }
+            params = {k: parse_param(v) for k, v in run.data.params.items()}
+            records.append({"run_id": run.info.run_id, "tags": dict(run.data.tags), "params": params, "history": history})
+        return records
+
+    def read_json(self, name: str) -> Any:
+        """A JSON artifact of the parent run (``spec.json``, ``versions.json``)."""
+        with tempfile.TemporaryDirectory() as tmp:
+            return json.loads(Path(self.client.download_artifacts(self.parent_run_id, name, tmp)).read_text())
+
+    def download(self, name: str, directory: str | Path) -> Path | None:
+        """Download one artifact of the parent run; None if it has none by that name."""
+        if name not in {a.path for a in self.client.list_artifacts(self.parent_run_id)}:
+            return None
+        return Path(self.client.download_artifacts(self.parent_run_id, name, str(directory)))
+
+    def log_files(self, directory: str | Path) -> None:
+        """Log every file under ``directory`` on the parent run, keeping relative paths."""
+        self.client.log_artifacts(self.parent_run_id, str(directory))
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        for key, value in tags.items():
+            self.client.set_tag(self.parent_run_id, key, value)
 
 
 class TrialRun:
@@ -104,7 +173,7 @@ class TrialRun:
 
     @classmethod
     def open(cls, tracking_uri: str, experiment_id: str, parent_run_id: str | None, trial_key: str, run_name: str,
-             params: Mapping[str, Any] | None = None, tags: Mapping[str, str] | None = None) -> "TrialRun":
+             params: Mapping[str, Any] | None = None, tags: Mapping[str, str] | None = None) -> TrialRun:
         client = MlflowClient(tracking_uri)
         run = _find_run(client, experiment_id, trial_key=trial_key)
         if run is None:

@@ -3,7 +3,8 @@ resources. The only Ray import; Ray's APIs move fast, and this module absorbs th
 
 Fairness between arms is structural: :class:`ArmSearcher` hands out trials round-robin over
 the arms, each arm with its own Optuna study, and :class:`ArmScheduler` runs one ASHA per arm,
-so a weak arm's trials are only ever compared (and stopped) against its own.
+so a weak arm's trials are only ever compared (and stopped) against its own. The replicate
+phase runs fixed configurations (:class:`FixedConfigs`) through the same trial function.
 TensorFlow is imported inside the trial function only, never on the driver.
 """
 
@@ -14,7 +15,6 @@ import os
 import pickle
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 import ray
 from ray import tune
@@ -76,7 +76,19 @@ def train_trial(config: dict, setup: TrialSetup) -> None:
                   max_epochs=setup.max_epochs, report=report, restore_dir=restore_dir)
 
 
-class ArmSearcher(Searcher):
+class _SavedSearcher(Searcher):
+    """Tune saves a searcher's state with the experiment so a restarted driver resumes it."""
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump(self.__dict__, f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as f:
+            self.__dict__.update(pickle.load(f))
+
+
+class ArmSearcher(_SavedSearcher):
     """Round-robin over arms; each arm is searched by its own OptunaSearch (own study)."""
 
     def __init__(self, sweep: Sweep, phase: str = "search"):
@@ -117,13 +129,22 @@ class ArmSearcher(Searcher):
         if trial_id in self.arm_of:
             self.searchers[self.arm_of[trial_id]].on_trial_complete(trial_id, result, error)
 
-    def save(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "wb") as f:
-            pickle.dump(self.__dict__, f)
 
-    def restore(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "rb") as f:
-            self.__dict__.update(pickle.load(f))
+class FixedConfigs(_SavedSearcher):
+    """The replicate phase's searcher: exactly these configurations, in order."""
+
+    def __init__(self, configs: list[dict]):
+        super().__init__()
+        self.configs, self.next = list(configs), 0
+
+    def suggest(self, trial_id: str) -> dict | None:
+        if self.next >= len(self.configs):
+            return Searcher.FINISHED
+        self.next += 1
+        return dict(self.configs[self.next - 1])
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        pass
 
 
 class ArmScheduler(FIFOScheduler):
@@ -192,16 +213,13 @@ class CloseTrialRuns(tune.Callback):
 
 
 @dataclass
-class SweepOutcome:
-    sweep_id: str
-    experiment_id: str
-    parent_run_id: str
-    tracking_uri: str
-    storage: str
+class PhaseOutcome:
+    phase: str
     metric: str
     mode: str
     wall_s: float
     trials: list[dict]  # arm, trial_index, status, epochs, best (the metric's best value)
+    ok: bool = True
 
     @property
     def epochs(self) -> int:
@@ -227,66 +245,56 @@ def slots(cpu_per_trial: float, gpu_per_trial: float) -> int:
     return int(min(fits))
 
 
-def run_search(sweep: Sweep, *, sweep_id: str, tracking_uri: str, storage: str, address: str | None = None,
-               run_tags: dict[str, str] | None = None, spec_record: dict[str, Any] | None = None,
-               versions: dict[str, str] | None = None) -> SweepOutcome:
-    """Run the search phase of ``sweep`` on Ray and record it in MLflow."""
+def run_phase(sweep: Sweep, phase: str, *, tracker: tracking.SweepTracker, sweep_id: str, storage: str,
+              address: str | None = None, run_tags: dict[str, str] | None = None,
+              configs: list[dict] | None = None) -> PhaseOutcome:
+    """Run one phase of ``sweep`` on Ray, every trial a child of ``tracker``'s parent run.
+
+    ``search``: the per-arm Optuna studies with per-arm ASHA. ``replicate``: exactly
+    ``configs`` (each with its arm, seed and trial index), full budget, no early stopping.
+    """
     start = time.perf_counter()
-    storage = os.path.abspath(storage)
-    # The driver creates the store, experiment and parent run before any trial starts.
-    tracker = tracking.SweepTracker(tracking_uri, sweep.name, artifact_root=_local_artifact_root(tracking_uri, storage))
-    parent = tracker.start_sweep(
-        sweep_id,
-        params={"model": sweep.model, "dataset": sweep.dataset, "metric": sweep.metric, "mode": sweep.mode,
-                "arms": list(sweep.arms()), "trials_per_arm": sweep.budget.trials_per_arm,
-                "max_epochs": sweep.budget.max_epochs, "sampler": sweep.budget.sampler,
-                "early_stopping": sweep.budget.early_stopping, "search_seed": sweep.budget.search_seed},
-        tags={"phase": "search", **(run_tags or {})},
-        artifacts={"spec.json": spec_record or sweep.to_dict(), "versions.json": versions or {}},
-    )
     search.quiet()
+    # Checkpointing every epoch is the point (trials resume from it); Tune's warning about it is noise.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if not ray.is_initialized():
         ray.init(address=address, logging_level="WARNING", include_dashboard=False, log_to_driver=False,
                  runtime_env={"env_vars": {"TF_CPP_MIN_LOG_LEVEL": "2"}})
-
     setup = TrialSetup(
         sweep_id=sweep_id, model=sweep.model, dataset=sweep.dataset, dataset_args=dict(sweep.dataset_args),
-        max_epochs=sweep.budget.max_epochs, cpu=sweep.resources.cpu, tracking_uri=tracking_uri,
-        experiment_id=tracker.experiment_id, parent_run_id=parent, run_tags=dict(run_tags or {}),
+        max_epochs=sweep.budget.max_epochs, cpu=sweep.resources.cpu, tracking_uri=tracker.tracking_uri,
+        experiment_id=tracker.experiment_id, parent_run_id=tracker.parent_run_id, run_tags=dict(run_tags or {}),
     )
-    total = len(sweep.arms()) * sweep.budget.trials_per_arm
+    if phase == "search":
+        total = len(sweep.arms()) * sweep.budget.trials_per_arm
+        searcher = ArmSearcher(sweep)
+        scheduler = ArmScheduler(sweep) if sweep.budget.early_stopping else FIFOScheduler()
+    else:
+        total, searcher, scheduler = len(configs), FixedConfigs(configs), FIFOScheduler()
     concurrency = sweep.budget.max_concurrent_trials or slots(sweep.resources.cpu, sweep.resources.gpu) or total
     closer = CloseTrialRuns(tracker, sweep_id, sweep)
     tuner = tune.Tuner(
         tune.with_resources(tune.with_parameters(train_trial, setup=setup),
                             {"cpu": sweep.resources.cpu, "gpu": sweep.resources.gpu}),
         tune_config=tune.TuneConfig(
-            search_alg=ArmSearcher(sweep),
-            scheduler=ArmScheduler(sweep) if sweep.budget.early_stopping else FIFOScheduler(),
+            search_alg=searcher,
+            scheduler=scheduler,
             num_samples=total,
             max_concurrent_trials=min(concurrency, total),
             reuse_actors=True,
         ),
         run_config=tune.RunConfig(
-            name=sweep_id,
-            storage_path=storage,
+            name=f"{sweep_id}-{phase}",
+            storage_path=os.path.abspath(storage),
             callbacks=[closer],
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             failure_config=tune.FailureConfig(max_failures=2),
             verbose=1,
         ),
     )
-    ok = False
     try:
         ok = not tuner.fit().errors
     finally:
         tracker.close_orphans()
-        tracker.end_sweep(ok)
     trials = sorted(closer.trials.values(), key=lambda t: (t["arm"], t["trial_index"]))
-    return SweepOutcome(sweep_id, tracker.experiment_id, parent, tracking_uri, storage, sweep.metric, sweep.mode,
-                        time.perf_counter() - start, trials)
-
-
-def _local_artifact_root(tracking_uri: str, storage: str) -> str | None:
-    """Artifacts of a local SQLite store live beside it; a tracking server decides its own."""
-    return os.path.join(storage, "artifacts") if tracking_uri.startswith("sqlite:") else None
+    return PhaseOutcome(phase, sweep.metric, sweep.mode, time.perf_counter() - start, trials, ok)

@@ -1,16 +1,20 @@
 """Question: in MobileNetV2, does BN before ReLU6 (conv → BN → ReLU6) beat BN after it
 (conv → ReLU6 → BN) once each placement gets its own tuned learning rate, batch size and
 BN momentum/epsilon? The folklore number is 0.828 vs 0.820 best validation accuracy, one run
-each: this sweep tunes both arms with the same budget.
+each: this sweep tunes both arms with the same budget, re-runs each arm's best configuration
+over 10 seeds and tests whether the two placements are equivalent within ±0.5 points of test
+accuracy (TOST).
 
 Command:  ray submit cluster/gpu.yaml sweeps/placement.py
           python sweeps/placement.py --dry-run          (local, 2 CPUs, a few minutes)
-Cost:     full: 2 arms x 32 trials x <= 30 epochs of MobileNetV2 (width 0.5) on CIFAR-10,
-          about 25 GPU-hours before early stopping; dry run: 2 x 2 trials x <= 3 epochs on
-          scikit-learn's digits resized to 32x32, about 2-3 minutes on 2 CPUs.
+Cost:     full: 2 arms x (32 search trials x <= 30 epochs + 10 seeds x 30 epochs) of
+          MobileNetV2 (width 0.5) on CIFAR-10, about 35 GPU-hours before early stopping;
+          dry run: 2 arms x (2 trials + 3 seeds) x <= 3 epochs on scikit-learn's digits
+          resized to 32x32, about 4 minutes on 2 CPUs.
+Compares: before vs after, equivalence within ±0.5 points.
 """
 
-from bnsearch.spec import Budget, Choice, ComplementLogUniform, LogUniform, Resources, Sweep
+from bnsearch.spec import Budget, Choice, Comparison, ComplementLogUniform, LogUniform, Resources, Sweep
 
 
 def get_sweep(dry_run: bool = False) -> Sweep:
@@ -28,8 +32,9 @@ def get_sweep(dry_run: bool = False) -> Sweep:
             "bn_epsilon": LogUniform(1e-5, 1e-2),
         },
         fixed={"optimizer": "sgd", "sgd_momentum": 0.9, "weight_decay": 4e-5},
-        budget=Budget(trials_per_arm=32, max_epochs=30, grace_epochs=3, reduction_factor=3),
+        budget=Budget(trials_per_arm=32, max_epochs=30, grace_epochs=3, reduction_factor=3, seeds=10),
         resources=Resources(cpu=4, gpu=0.25),
+        comparisons=[Comparison("before", "after", kind="equivalence", sesoi=0.5)],
     )
     if dry_run:
         return sweep.replace(
@@ -37,7 +42,7 @@ def get_sweep(dry_run: bool = False) -> Sweep:
             dataset="digits",
             dataset_args={"image_size": 32},
             nuisance={**sweep.nuisance, "batch_size": Choice((32, 64))},
-            budget=Budget(trials_per_arm=2, max_epochs=3, grace_epochs=1, reduction_factor=2),
+            budget=Budget(trials_per_arm=2, max_epochs=3, grace_epochs=1, reduction_factor=2, seeds=3),
             resources=Resources(cpu=1, gpu=0),
         )
     return sweep

@@ -1,0 +1,86 @@
+"""Search → replicate → report, the three phases of a sweep, under one MLflow parent run.
+
+1. *search*: every arm's nuisance space searched with the same budget (trainable.py);
+2. *replicate*: every arm's best search configuration re-run over the seeds ``0..N-1``, the
+   same seeds for every arm (paired) and disjoint from the search seeds (10000+), at the full
+   epoch budget with no early stopping;
+3. *report*: the results table rebuilt from MLflow, statistics, plots, report files logged on
+   the parent run.
+
+A phase run on its own continues a sweep that exists (the latest of the experiment unless a
+sweep id is given), so ``--phase replicate`` after ``--phase search`` is the same as ``all``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from bnsearch import report, results, tracking
+from bnsearch.spec import Sweep
+
+PHASES = ("search", "replicate", "report")
+
+
+def replicate_configs(best: dict[str, dict[str, Any]], seeds: int) -> list[dict[str, Any]]:
+    """Every arm's best configuration once per seed, seed-major so that a sweep cut short
+    still holds complete pairs."""
+    return [
+        {**config, "arm": arm, "phase": "replicate", "trial_index": seed, "seed": seed}
+        for seed in range(seeds) for arm, config in best.items()
+    ]
+
+
+def run(sweep: Sweep, phases: Sequence[str], *, tracker: tracking.SweepTracker, sweep_id: str, storage: str | Path,
+        spec_record: dict[str, Any], address: str | None = None, run_tags: dict[str, str] | None = None,
+        echo: Callable[[str], None] = print) -> bool:
+    """Run ``phases`` of ``sweep`` in order; the parent run must be open on ``tracker``.
+    Returns whether every trial ended without a crash."""
+    from bnsearch import trainable  # Ray loads only when a phase trains
+
+    ok = True
+    if "search" in phases:
+        outcome = trainable.run_phase(sweep, "search", tracker=tracker, sweep_id=sweep_id, storage=str(storage),
+                                      address=address, run_tags=run_tags)
+        echo(summary(outcome))
+        ok &= outcome.ok
+    if "replicate" in phases:
+        table = results.from_records(tracker.trial_records())
+        best = results.best_configs(table, list(sweep.arms()), sweep.metric, sweep.mode)
+        tracker.set_tags({"replicate_seeds": str(sweep.budget.seeds)})
+        echo(f"bnsearch: replicating the best configuration of {len(best)} arms over seeds 0..{sweep.budget.seeds - 1}")
+        full_budget = sweep.replace(budget=dataclasses.replace(sweep.budget, early_stopping=False))
+        outcome = trainable.run_phase(full_budget, "replicate", tracker=tracker, sweep_id=sweep_id, storage=str(storage),
+                                      address=address, run_tags=run_tags, configs=replicate_configs(best, sweep.budget.seeds))
+        echo(summary(outcome))
+        ok &= outcome.ok
+    if "report" in phases:
+        echo(make_report(tracker, spec_record, Path(storage) / sweep_id / "report"))
+    return ok
+
+
+def make_report(tracker: tracking.SweepTracker, spec_record: dict[str, Any], out: Path) -> str:
+    """Rebuild the results table from MLflow, write and log the report; return its summary."""
+    table = results.from_records(tracker.trial_records())
+    out.mkdir(parents=True, exist_ok=True)
+    results.write(table, out / results.FILE)
+    built = report.build(table, spec_record, out)
+    tracker.log_files(out)
+    return built.summary + f"\n\nReport: {built.markdown} (and logged on the parent run {tracker.parent_run_id})"
+
+
+def summary(outcome) -> str:
+    counts: dict[str, dict[str, int]] = {}
+    for trial in outcome.trials:
+        arm = counts.setdefault(trial["arm"], {})
+        arm[trial["status"]] = arm.get(trial["status"], 0) + 1
+    lines = [f"\n{outcome.phase} phase: {len(outcome.trials)} trials, {outcome.epochs} epochs, {outcome.wall_s:.0f} s wall time"]
+    lines.append(f"{'arm':<24}{'trials':>7}{'best ' + outcome.metric:>22}  statuses")
+    for arm, by_status in counts.items():
+        best = outcome.best.get(arm)
+        best_text = f"{best:.4f}" if best is not None else "-"
+        statuses = ", ".join(f"{n} {s}" for s, n in sorted(by_status.items()))
+        lines.append(f"{arm:<24}{sum(by_status.values()):>7}{best_text:>22}  {statuses}")
+    return "\n".join(lines)

@@ -1,0 +1,131 @@
+"""The results table: one long-format row per trial x epoch, built from MLflow, stored as Parquet.
+
+Columns: the trial's identity (``sweep_id``, ``phase``, ``arm``, ``trial_index``, ``seed``,
+``status``, ``run_id``, ``trial_key``), ``epoch``, every logged metric (``loss`` ...
+``test_accuracy``, timings, BN diagnostics; a metric logged only at the last epoch is NaN
+elsewhere) and the trial's resolved configuration as ``config.<name>`` columns.
+
+    >>> import bnsearch
+    >>> table = bnsearch.load_results("bn_vs_none")          # the latest sweep, from MLflow
+    >>> table = bnsearch.load_results("results.parquet")     # or a file
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+IDENTITY = ("sweep_id", "phase", "arm", "trial_index", "seed", "status", "run_id", "trial_key")
+# Params that identify a trial or describe the sweep rather than configure the trial.
+NOT_CONFIG = {"arm", "phase", "trial_index", "seed", "model", "dataset"}
+FILE = "results.parquet"
+FAILED = ("diverged", "failed")
+
+
+def from_records(records: list[dict[str, Any]]) -> pd.DataFrame:
+    """The long table from :meth:`bnsearch.tracking.SweepTracker.trial_records`."""
+    rows = []
+    for record in records:
+        tags, params = record["tags"], record["params"]
+        identity = {
+            "sweep_id": tags.get("sweep_id"), "phase": tags.get("phase"), "arm": tags.get("arm"),
+            "trial_index": params.get("trial_index"), "seed": params.get("seed", _int(tags.get("seed"))),
+            "status": tags.get("status"), "run_id": record["run_id"], "trial_key": tags.get("trial_key"),
+        }
+        config = {
+            f"config.{k}": json.dumps(v) if isinstance(v, (list, dict)) else v
+            for k, v in params.items() if k not in NOT_CONFIG and not k.startswith("dataset.")
+        }
+        history = record["history"]
+        for epoch in sorted({step for values in history.values() for step in values}):
+            metrics = {key: values.get(epoch, float("nan")) for key, values in history.items()}
+            rows.append({**identity, "epoch": epoch, **metrics, **config})
+    table = pd.DataFrame(rows)
+    if table.empty:
+        return pd.DataFrame(columns=[*IDENTITY, "epoch"])
+    front = [*IDENTITY, "epoch"]
+    metrics = sorted(c for c in table.columns if c not in front and not c.startswith("config."))
+    configs = sorted(c for c in table.columns if c.startswith("config."))
+    return table[front + metrics + configs].sort_values(["phase", "arm", "trial_index", "epoch"], ignore_index=True)
+
+
+def _int(value: str | None) -> int | None:
+    return int(value) if value not in (None, "") else None
+
+
+def last_epochs(table: pd.DataFrame, phase: str) -> pd.DataFrame:
+    """One row per trial of ``phase``: its last reported epoch."""
+    rows = table[table["phase"] == phase]
+    return rows.sort_values("epoch").groupby("trial_key", sort=False).tail(1).sort_values(["arm", "trial_index"], ignore_index=True)
+
+
+def final_values(table: pd.DataFrame, metric: str = "test_accuracy", phase: str = "replicate") -> pd.DataFrame:
+    """What the statistics work on: per trial ``arm``, ``seed``, ``value`` (accuracy points,
+    NaN where the trial failed) and ``failed``."""
+    last = last_epochs(table, phase)
+    failed = last["status"].isin(FAILED) | (last.get("diverged", 0) == 1)
+    values = last[metric] if metric in last else pd.Series(float("nan"), index=last.index)
+    return pd.DataFrame({
+        "arm": last["arm"], "seed": last["seed"], "value": (100 * values).where(~failed), "failed": failed,
+    })
+
+
+def best_configs(table: pd.DataFrame, arms: list[str], metric: str, mode: str) -> dict[str, dict[str, Any]]:
+    """Per arm, the configuration of its best search trial: the best ``metric`` at the last
+    epoch among trials that ran the full budget (any that did not fail, if none did).
+
+    Raises ``LookupError`` naming an arm with no usable trial.
+    """
+    last = last_epochs(table, "search")
+    best = {}
+    for arm in arms:
+        trials = last[(last["arm"] == arm) & ~last["status"].isin(FAILED)].dropna(subset=[metric])
+        finished = trials[trials["status"] == "finished"]
+        pool = finished if len(finished) else trials
+        if pool.empty:
+            raise LookupError(f"arm {arm!r} has no search trial that finished without diverging")
+        row = pool.loc[pool[metric].idxmax() if mode == "max" else pool[metric].idxmin()]
+        best[arm] = {k.removeprefix("config."): _config_value(v) for k, v in row.items()
+                     if k.startswith("config.") and not _missing(v)}
+    return best
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and value != value)
+
+
+def _config_value(value: Any) -> Any:
+    if isinstance(value, str) and value[:1] in "[{":
+        return json.loads(value)
+    return value.item() if hasattr(value, "item") else value  # numpy scalar → Python
+
+
+def write(table: pd.DataFrame, path: str | Path) -> Path:
+    table.to_parquet(path, engine="pyarrow", index=False)
+    return Path(path)
+
+
+def load_results(source: str | os.PathLike, *, tracking_uri: str | None = None, sweep_id: str | None = None) -> pd.DataFrame:
+    """The results table of a sweep, in one call.
+
+    ``source`` is a Parquet file, or an MLflow experiment name: then the sweep ``sweep_id``
+    (default: the latest) is read from ``tracking_uri`` (default ``$MLFLOW_TRACKING_URI``,
+    else the local store under ``./bnsearch-results``); its logged ``results.parquet`` when it
+    has one, else the table is rebuilt from its trial runs.
+    """
+    if str(source).endswith(".parquet"):
+        return pd.read_parquet(source, engine="pyarrow")
+    from bnsearch import tracking
+
+    tracker = tracking.SweepTracker(tracking_uri or tracking.resolve_tracking_uri(), str(source), create=False)
+    tracker.open_sweep(sweep_id)
+    with tempfile.TemporaryDirectory() as tmp:
+        logged = tracker.download(FILE, tmp)
+        if logged is not None:
+            return pd.read_parquet(logged, engine="pyarrow")
+    return from_records(tracker.trial_records())
