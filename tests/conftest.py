@@ -14,3 +14,20 @@ def mnist_idx_dir():
     if not any(MNIST_IDX.glob("*images-idx3-ubyte*")):
         pytest.skip(f"no MNIST IDX files at {MNIST_IDX} (set BNSEARCH_MNIST_IDX)")
     return MNIST_IDX
+
+
+@pytest.fixture(scope="session")
+def finished_sweep(tmp_path_factory):
+    """tests/sweeps/tiny_mlp.py run once through every phase on a local 2-CPU Ray: search,
+    replicate, report. Returns the exit code, the storage directory and the tracking URI."""
+    import ray
+
+    from bnsearch import cli, tracking
+
+    storage = tmp_path_factory.mktemp("results")
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+    try:
+        code = cli.main(["run", str(ROOT / "tests" / "sweeps" / "tiny_mlp.py"), "--storage", str(storage)])
+    finally:
+        ray.shutdown()
+    return code, storage, tracking.default_tracking_uri(storage)

@@ -6,27 +6,20 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from bnsearch import cli, tracking
+import bnsearch
+from bnsearch import cli
 
 pytestmark = pytest.mark.integration
-SWEEP = Path(__file__).parent / "sweeps" / "tiny_mlp.py"
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-    import ray
-
-    storage = tmp_path_factory.mktemp("results")
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
-    try:
-        code = cli.main(["run", str(SWEEP), "--storage", str(storage)])
-    finally:
-        ray.shutdown()
-    client = MlflowClient(tracking.default_tracking_uri(storage))
+def finished(finished_sweep):
+    code, storage, uri = finished_sweep
+    client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("tiny_mlp")
     runs = client.search_runs([experiment.experiment_id], max_results=1000)
     parents = [r for r in runs if r.data.tags.get("role") == "sweep"]
-    children = [r for r in runs if r.data.tags.get("role") != "sweep"]
+    children = [r for r in runs if r.data.tags.get("role") != "sweep" and r.data.tags["phase"] == "search"]
     return code, client, parents, children, storage
 
 
@@ -34,7 +27,7 @@ def test_the_sweep_finishes_with_one_parent_and_a_child_per_trial(finished):
     code, _, parents, children, storage = finished
     assert code == 0
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
-    assert len(children) == 12
+    assert len(children) == 12  # search trials; the replicate ones are checked below
     assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parents[0].info.run_id}
     assert len({c.data.tags["trial_key"] for c in children}) == 12  # no duplicates
     assert (storage / "artifacts").is_dir() and (storage / "mlflow.db").is_file()
@@ -79,9 +72,57 @@ def test_per_epoch_metrics_and_statuses(finished):
 def test_the_parent_run_records_spec_and_versions(finished, tmp_path):
     _, client, parents, _, _ = finished
     parent = parents[0]
-    assert {a.path for a in client.list_artifacts(parent.info.run_id)} == {"spec.json", "versions.json"}
+    assert {"spec.json", "versions.json"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
     versions = json.loads(Path(client.download_artifacts(parent.info.run_id, "versions.json", str(tmp_path))).read_text())
     spec = json.loads(Path(client.download_artifacts(parent.info.run_id, "spec.json", str(tmp_path))).read_text())
     assert versions["ray"][0].isdigit() and versions["tensorflow"][0].isdigit()
     assert spec["nuisance"]["learning_rate"]["values"] == [1e-4, 0.1, 1e30] and spec["dry_run"] is False
     assert parent.data.params["trials_per_arm"] == "6" and parent.data.params["sampler"] == "grid"
+
+
+def replicate_runs(client, parent):
+    return client.search_runs([parent.info.experiment_id], max_results=1000,
+                              filter_string=f"tags.phase = 'replicate' and tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+
+
+def test_replicate_reruns_each_arms_best_config_on_the_same_fresh_seeds(finished):
+    _, client, parents, search_runs, _ = finished
+    runs = replicate_runs(client, parents[0])
+    assert len(runs) == 2 * 3 and {r.data.tags["status"] for r in runs} == {"finished"}
+    seeds = {arm: sorted(int(r.data.tags["seed"]) for r in runs if r.data.tags["arm"] == arm) for arm in ("none", "before")}
+    assert seeds == {"none": [0, 1, 2], "before": [0, 1, 2]}  # paired, and disjoint from the search seeds
+    assert not set(seeds["none"]) & {int(r.data.tags["seed"]) for r in search_runs}
+    for arm in ("none", "before"):
+        finished_search = [r for r in search_runs if r.data.tags["arm"] == arm and r.data.tags["status"] == "finished"]
+        best = max(finished_search, key=lambda r: r.data.metrics["val_accuracy"])
+        for r in (r for r in runs if r.data.tags["arm"] == arm):
+            assert (r.data.params["learning_rate"], r.data.params["batch_size"]) == (best.data.params["learning_rate"], best.data.params["batch_size"])
+            steps = [m.step for m in client.get_metric_history(r.info.run_id, "val_accuracy")]
+            assert steps == [1, 2, 3] and "test_accuracy" in r.data.metrics  # full budget, no early stopping
+
+
+def test_the_report_and_results_table_are_logged_and_load_in_one_call(finished, tmp_path):
+    _, client, parents, search_runs, storage = finished
+    parent = parents[0]
+    logged = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"report.md", "report.html", "results.parquet", "plots"} <= logged
+    plots = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
+    assert plots == {"plots/seeds.png", "plots/differences.png", "plots/learning_curves.png", "plots/search.png"}
+    table = bnsearch.load_results("tiny_mlp", tracking_uri=f"sqlite:///{storage}/mlflow.db")
+    epochs = sum(len(client.get_metric_history(r.info.run_id, "epoch")) for r in search_runs + replicate_runs(client, parent))
+    assert len(table) == epochs and set(table["phase"]) == {"search", "replicate"}
+    assert {"config.learning_rate", "test_accuracy", "epoch_time_s", "status", "seed"} <= set(table.columns)
+    report = Path(client.download_artifacts(parent.info.run_id, "report.md", str(tmp_path))).read_text()
+    assert "## Verdicts" in report and "**before vs none** (difference" in report
+    assert any(f"**{verdict}**" in report for verdict in ("supported", "refuted", "inconclusive"))
+
+
+def test_report_command_rebuilds_the_report_from_mlflow_alone(finished, capsys):
+    _, client, parents, _, storage = finished
+    report_dir = next(storage.glob("tiny_mlp-*/report"))
+    for path in report_dir.rglob("*"):
+        path.unlink() if path.is_file() else None
+    assert cli.main(["report", "tiny_mlp", "--storage", str(storage)]) == 0
+    assert "before vs none (difference)" in capsys.readouterr().out
+    assert (report_dir / "report.md").stat().st_size > 1000 and (report_dir / "report.html").is_file()
+    assert cli.main(["report", "no-such-experiment", "--storage", str(storage)]) == 2
