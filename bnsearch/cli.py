@@ -90,15 +90,13 @@ def _run(args: argparse.Namespace) -> int:
     chosen = PHASE_CHOICES[args.phase]
     spec_record = {**sweep.to_dict(), "arms": list(sweep.arms()), "dry_run": args.dry_run,
                    "comparisons": [dataclasses.asdict(c) for c in sweep.declared_comparisons()]}
-    # The driver creates the store, experiment and parent run before any trial starts.
-    tracker = tracking.SweepTracker(tracking_uri, experiment, artifact_root=tracking.local_artifact_root(tracking_uri, storage))
     if "search" in chosen:
+        # The driver creates the store, experiment and parent run before any trial starts.
+        tracker = tracking.SweepTracker(tracking_uri, experiment, artifact_root=tracking.local_artifact_root(tracking_uri, storage))
         sweep_id = args.sweep_id or f"{experiment}-{time.strftime('%Y%m%d-%H%M%S')}"
     else:
-        try:
-            sweep_id = tracker.open_sweep(args.sweep_id)
-        except LookupError as error:
-            raise SpecError([("--phase", f"{args.phase} continues a sweep: {error}; run --phase search (or all) first")]) from None
+        tracker, sweep_id = existing_sweep(tracking_uri, storage, experiment, args.sweep_id,
+                                           "--phase", f"{args.phase} continues a sweep; run --phase search (or all) first")
     tracker.start_sweep(
         sweep_id,
         params={"model": sweep.model, "dataset": sweep.dataset, "metric": sweep.metric, "mode": sweep.mode,
@@ -127,14 +125,23 @@ def _report(args: argparse.Namespace) -> int:
 
     storage = Path(args.storage).resolve()
     tracking_uri = tracking.resolve_tracking_uri(args.tracking_uri, storage)
-    try:
-        tracker = tracking.SweepTracker(tracking_uri, args.experiment, create=False)
-        sweep_id = tracker.open_sweep(args.sweep_id)
-    except LookupError as error:
-        raise SpecError([("experiment", str(error))]) from None
+    tracker, sweep_id = existing_sweep(tracking_uri, storage, args.experiment, args.sweep_id, "experiment")
     print(phases.make_report(tracker, tracker.read_json("spec.json"), storage / sweep_id / "report"))
     print(where(tracking_uri, tracker.experiment_id, tracker.parent_run_id, storage / sweep_id))
     return 0
+
+
+def existing_sweep(tracking_uri: str, storage: Path, experiment: str, sweep_id: str | None, field: str, hint: str = ""):
+    """The tracker and sweep id of a recorded sweep, or a SpecError; creates nothing."""
+    from bnsearch import tracking
+
+    if tracking_uri == tracking.default_tracking_uri(storage) and not (storage / "mlflow.db").is_file():
+        raise SpecError([(field, f"no MLflow store at {storage / 'mlflow.db'} (give --storage or --tracking-uri){'; ' + hint if hint else ''}")])
+    try:
+        tracker = tracking.SweepTracker(tracking_uri, experiment, create=False)
+        return tracker, tracker.open_sweep(sweep_id)
+    except LookupError as error:
+        raise SpecError([(field, f"{error}{'; ' + hint if hint else ''}")]) from None
 
 
 def where(tracking_uri: str, experiment_id: str, parent_run_id: str, results: Path) -> str:

@@ -3,7 +3,8 @@
 Imported only inside trial workers, never on the driver. It knows nothing of Ray or MLflow: results leave through ``report(metrics, checkpoint_dir)``,
 called once per epoch, and a run resumes from a checkpoint directory it wrote earlier.
 Every random stream (weight init, dropout, data order, validation split) derives from
-``config["seed"]``.
+``config["seed"]``. The final report also carries the BN diagnostics of
+:mod:`bnsearch.diagnostics` (``bn_*`` keys).
 """
 
 from __future__ import annotations
@@ -13,14 +14,15 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Mapping
-from typing import Any, Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 from bnsearch import data as datasets
+from bnsearch.diagnostics import bn_diagnostics
 from bnsearch.models import Norm, create_model, model_parameters
 from bnsearch.spec import DEFAULTS
 
@@ -28,6 +30,10 @@ Report = Callable[[dict[str, float], "str | None"], None]
 MODEL_FILE, STATE_FILE = "model.keras", "state.json"
 # Several steps per tf.function call: +55% on small MLPs on CPU, same results.
 STEPS_PER_EXECUTION = 8
+# The BN diagnostics' population statistics use about this many training samples (whole
+# batches): enough for per-channel means to ~1% of a standard deviation, and a fraction of an
+# epoch for MobileNetV2 on CIFAR-10.
+DIAGNOSTIC_SAMPLES = 10_000
 
 
 def setup_tensorflow(cpu_threads: int | None = None) -> None:
@@ -98,7 +104,8 @@ def run(
     """Train ``model`` on ``dataset`` for up to ``max_epochs``; return the final metrics.
 
     A run whose training loss turns NaN or infinite stops at the end of that epoch and reports
-    ``diverged=1`` instead of raising. ``test_*`` metrics come with the last epoch only.
+    ``diverged=1`` instead of raising. ``test_*`` and ``bn_*`` metrics come with the last epoch
+    only.
     """
     seed = int(config["seed"])
     keras.utils.set_random_seed(seed)
@@ -121,7 +128,15 @@ def run(
         compile_model(keras_model, config)
 
     test_ds = datasets.tf_dataset(*splits.test, batch_size, image_size=image_size)
-    reporter = EpochReporter(report, len(splits.train[0]), state, max_epochs, test_ds)
+    # Unshuffled: the split is already a seeded permutation, so its first DIAGNOSTIC_SAMPLES
+    # form a random subsample, the same one on every call.
+    diag_train_ds = datasets.tf_dataset(*splits.train, batch_size, image_size=image_size)
+    diag_batches = max(1, math.ceil(DIAGNOSTIC_SAMPLES / batch_size))
+
+    def diagnose(trained) -> dict[str, float]:
+        return bn_diagnostics(trained, diag_train_ds, val_ds, max_train_batches=diag_batches)
+
+    reporter = EpochReporter(report, len(splits.train[0]), state, max_epochs, test_ds, diagnose)
     keras_model.fit(
         train_ds, validation_data=val_ds, initial_epoch=state["epoch"], epochs=max_epochs,
         callbacks=[reporter], verbose=0, shuffle=False,  # tf_dataset shuffles with the seed
@@ -130,12 +145,13 @@ def run(
 
 
 class EpochReporter(keras.callbacks.Callback):
-    """Times each epoch, detects divergence, checkpoints, evaluates the test set after the
-    last epoch, and reports."""
+    """Times each epoch, detects divergence, checkpoints, evaluates the test set (and
+    ``diagnose``s the model) after the last epoch, and reports."""
 
-    def __init__(self, report: Report, n_train: int, state: dict, max_epochs: int, test_ds):
+    def __init__(self, report: Report, n_train: int, state: dict, max_epochs: int, test_ds, diagnose: Callable[[Any], dict[str, float]] | None = None):
         super().__init__()
         self.report, self.n_train, self.state, self.max_epochs, self.test_ds = report, n_train, state, max_epochs, test_ds
+        self.diagnose = diagnose
         self.last: dict[str, float] = {}
         self._t0 = 0.0
 
@@ -160,6 +176,11 @@ class EpochReporter(keras.callbacks.Callback):
             self.model.stop_training = True
             test = self.model.evaluate(self.test_ds, verbose=0, return_dict=True)
             metrics.update(test_loss=float(test["loss"]), test_accuracy=float(test["accuracy"]))
+            # Not for diverged runs: their weights or activations are NaN/inf, so the statistics
+            # would be NaN and the accuracies chance, which says nothing about BN. diverged=1
+            # already says what happened, and the missing bn_* keys keep NaNs out of BN summaries.
+            if self.diagnose and not diverged:
+                metrics.update(self.diagnose(self.model))
             self.report(metrics, None)
         else:
             with tempfile.TemporaryDirectory(prefix="bnsearch-ckpt-") as ckpt:

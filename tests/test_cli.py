@@ -24,6 +24,7 @@ def run_cli(*args, cwd):
     [
         (["--tracking-uri", "ftp://x"], "bnsearch: error: --tracking-uri: must start with one of"),
         (["--address", "not an address"], "bnsearch: error: --address: must be 'auto'"),
+        (["--seeds", "1"], "bnsearch: error: --seeds: must be a whole number >= 2"),
     ],
 )
 def test_bad_arguments_exit_2_before_any_resource(tmp_path, args, message):
@@ -61,3 +62,19 @@ def test_the_driver_never_imports_a_training_framework():
 def test_validate_command_checks_both_sizes(capsys):
     assert cli.main(["validate", str(ROOT / "sweeps" / "placement.py")]) == 0
     assert "placement.py: ok" in capsys.readouterr().out
+
+
+def test_a_phase_that_continues_a_sweep_needs_one(tmp_path):
+    result = run_cli("run", str(ROOT / "sweeps" / "bn_vs_none.py"), "--dry-run", "--phase", "replicate", "--storage", "out", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith("bnsearch: error: --phase: no MLflow store at ")
+    assert result.stderr.strip().endswith("; replicate continues a sweep; run --phase search (or all) first")
+    assert not (tmp_path / "out" / "mlflow.db").exists()
+    result = run_cli("run", str(ROOT / "sweeps" / "bn_vs_none.py"), "--phase", "sideways", cwd=tmp_path)
+    assert result.returncode == 2 and "invalid choice: 'sideways'" in result.stderr
+
+
+def test_report_without_a_store_exits_2_and_creates_nothing(tmp_path):
+    result = run_cli("report", "nothing-here", "--storage", "out", cwd=tmp_path)
+    assert result.returncode == 2 and "bnsearch: error: experiment: no MLflow store at" in result.stderr
+    assert not (tmp_path / "out").exists()

@@ -1,5 +1,6 @@
 import math
 
+import numpy as np
 import optuna
 
 from bnsearch import search
@@ -43,3 +44,14 @@ def test_grid_covers_every_combination():
 def test_tpe_is_seeded():
     dims = {"learning_rate": LogUniform(1e-4, 1e-1)}
     assert sample(dims, 5, "tpe") == sample(dims, 5, "tpe")
+
+
+def test_importance_finds_the_hyperparameter_that_matters():
+    rng = np.random.default_rng(0)
+    configs = [{"learning_rate": float(10 ** rng.uniform(-4, -1)), "batch_size": int(rng.choice([32, 128])), "sizes": [32, 32]}
+               for _ in range(30)]
+    values = [-abs(np.log10(c["learning_rate"]) + 2.5) + rng.normal(0, 0.01) for c in configs]  # only lr matters
+    importance = search.param_importances(configs, values)
+    assert set(importance) == {"learning_rate", "batch_size"}  # the constant one is left out
+    assert importance["learning_rate"] > 0.8 > importance["batch_size"]
+    assert search.param_importances(configs[:2], values[:2]) == {}

@@ -1,10 +1,11 @@
 import json
+import re
 from pathlib import Path
 
 import pytest
 
 from bnsearch.cli import load_sweep
-from bnsearch.spec import Budget, Choice, ComplementLogUniform, IntUniform, LogUniform, Resources, SpecError, Sweep, Uniform
+from bnsearch.spec import Budget, Choice, Comparison, ComplementLogUniform, IntUniform, LogUniform, Resources, SpecError, Sweep, Uniform
 
 SWEEPS = sorted((Path(__file__).resolve().parents[1] / "sweeps").glob("*.py"))
 
@@ -67,6 +68,13 @@ def test_a_good_spec_validates():
         ({"metric": "f1"}, "metric", "one of val_accuracy, val_loss"),
         ({"mode": "min"}, "mode", "use mode='max'"),
         ({"name": "no spaces"}, "name", "letters, digits"),
+        ({"budget": Budget(seeds=1)}, "budget.seeds", "whole number >= 2"),
+        ({"comparisons": [Comparison("before", "after")]}, "comparisons[0].b", "unknown arm 'after'; arms: none, before"),
+        ({"comparisons": [Comparison("before", "before")]}, "comparisons[0]", "compares arm 'before' with itself"),
+        ({"comparisons": [Comparison("before", "none", kind="same")]}, "comparisons[0].kind", "one of difference, equivalence"),
+        ({"comparisons": [Comparison("before", "none", sesoi=0)]}, "comparisons[0].sesoi", "number > 0 (accuracy points)"),
+        ({"comparisons": [("before", "none")]}, "comparisons[0]", "must be a Comparison"),
+        ({"report_metric": "val_loss"}, "report_metric", "one of test_accuracy"),
     ],
 )
 def test_each_bad_value_gets_one_line_naming_the_field(changes, field, message):
@@ -111,4 +119,16 @@ def test_every_sweep_file_validates(path, dry_run):
     sweep.validate()
     if dry_run:
         assert sweep.dataset in ("digits", "mnist1d"), "a dry run must work offline"
-    assert "Question" in path.read_text() and "Command" in path.read_text() and "Cost" in path.read_text()
+    text = path.read_text()
+    assert all(word in text for word in ("Question", "Command", "Cost", "Compares")), "the docstring states them"
+    assert sweep.comparisons, "every sweep declares the comparisons its report settles"
+    imported = re.findall(r"^\s*(?:from|import) ([\w.]+)", text, flags=re.M)
+    assert {m.split(".")[0] for m in imported} <= {"bnsearch", "os"}, "ray submit ships the file alone: bnsearch only"
+
+
+def test_undeclared_comparisons_default_to_every_pair_as_a_difference():
+    sweep = base(scientific={"bn_placement": ("none", "before", "after")})
+    assert [(c.a, c.b, c.kind, c.sesoi) for c in sweep.declared_comparisons()] == [
+        ("none", "before", "difference", 0.5), ("none", "after", "difference", 0.5), ("before", "after", "difference", 0.5)]
+    declared = [Comparison("before", "after", kind="equivalence", sesoi=1.0)]
+    assert base(scientific={"bn_placement": ("none", "before", "after")}, comparisons=declared).declared_comparisons() == declared

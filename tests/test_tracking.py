@@ -1,3 +1,4 @@
+import pytest
 from mlflow.tracking import MlflowClient
 
 from bnsearch import tracking
@@ -44,3 +45,28 @@ def test_statuses_parent_tag_orphans_and_parent_reuse(tmp_path):
     assert all(r.data.tags["mlflow.parentRunId"] == t.parent_run_id for r in runs.values())
     assert t.start_sweep("sweep-1", {}, {}, {}) == t.parent_run_id  # same sweep id, same parent
     assert [a.path for a in MlflowClient(t.tracking_uri).list_artifacts(t.parent_run_id)] == ["spec.json"]
+
+
+def test_params_come_back_typed():
+    params = dict((p.key, p.value) for p in tracking._params({"lr": 0.001, "sizes": [32, 32], "bn": True, "arm": "before", "n": 3}))
+    assert params == {"lr": "0.001", "sizes": "[32, 32]", "bn": "true", "arm": "before", "n": "3"}  # readable in the UI
+    assert {k: tracking.parse_param(v) for k, v in params.items()} == {"lr": 0.001, "sizes": [32, 32], "bn": True, "arm": "before", "n": 3}
+
+
+def test_reading_a_sweep_back(tmp_path):
+    t = tracker(tmp_path)
+    run = tracking.TrialRun.open(t.tracking_uri, t.experiment_id, t.parent_run_id, "sweep-1/search/a", "a", params={"lr": 0.1},
+                                 tags={"phase": "search", "arm": "none"})
+    run.log_epoch(1, {"val_accuracy": 0.5, "epoch": 1})
+    run.log_epoch(2, {"val_accuracy": 0.7, "epoch": 2})
+    t.start_sweep("sweep-2", {}, {}, {})  # a later sweep in the same experiment
+    reader = tracking.SweepTracker(t.tracking_uri, "exp", create=False)
+    assert reader.open_sweep() == "sweep-2" and reader.open_sweep("sweep-1") == "sweep-1"
+    [record] = reader.trial_records()
+    assert record["params"] == {"lr": 0.1} and record["tags"]["arm"] == "none"
+    assert record["history"]["val_accuracy"] == {1: 0.5, 2: 0.7}
+    assert reader.read_json("spec.json") == {"a": 1} and reader.download("nothing.txt", tmp_path) is None
+    with pytest.raises(LookupError):
+        reader.open_sweep("sweep-3")
+    with pytest.raises(LookupError):
+        tracking.SweepTracker(t.tracking_uri, "no-such-experiment", create=False)

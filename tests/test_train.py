@@ -49,11 +49,17 @@ def test_a_diverging_run_stops_and_is_reported_as_diverged():
     assert len(rec.reports) == 1 and final["diverged"] == 1.0 and not math.isfinite(final["loss"])
 
 
+def test_a_diverged_run_with_bn_reports_no_bn_diagnostics():
+    final, _ = fit({**CONFIG, "optimizer": "sgd", "learning_rate": 1e30}, epochs=3)
+    assert final["diverged"] == 1.0 and not any(k.startswith("bn_") for k in final)  # NaN weights
+
+
 def test_resume_from_a_checkpoint_continues_where_it_stopped(tmp_path):
     _, first = fit(epochs=3, report=Recorder(keep_checkpoint_at=1, tmp=tmp_path))
     final, resumed = fit(epochs=3, restore_dir=str(first.kept))
     assert [m["epoch"] for m, _ in resumed.reports] == [2, 3]
     assert final["train_time_s"] > resumed.reports[0][0]["epoch_time_s"]  # carries time from before
+    assert final["bn_layers"] == 1.0 and final["bn_stale_stats"] == 0.0  # diagnoses the restored model
 
 
 def test_mnist1d_convnet_trains():
