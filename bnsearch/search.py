@@ -98,6 +98,7 @@ def param_importances(configs: list[Mapping[str, Any]], values: list[float], see
             distributions[name] = optuna.distributions.CategoricalDistribution(sorted({json_safe(v) for v in seen}, key=repr))
     if not distributions or len(values) < 3 or len(set(values)) < 2:
         return {}
+    quiet()
     study = optuna.create_study()
     for config, value in zip(configs, values):
         params = {n: (float(config[n]) if isinstance(d, optuna.distributions.FloatDistribution) else json_safe(config[n]))

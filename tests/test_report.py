@@ -1,0 +1,61 @@
+"""The report from a results table (synthetic, shaped like MLflow's records): verdicts, tables,
+plots, and both files saying the same thing."""
+
+import numpy as np
+
+from bnsearch import report, results
+
+SPEC = {"name": "demo", "question": "BN vs none", "model": "mlp", "dataset": "digits", "arms": ["none", "before"],
+        "metric": "val_accuracy", "budget": {"sampler": "tpe"}, "nuisance": {"learning_rate": {}},
+        "comparisons": [{"a": "before", "b": "none", "kind": "difference", "sesoi": 0.5}]}
+
+
+def trial(phase, arm, index, final, lr, status="finished", stale=0.0):
+    epochs = 3
+    curve = {e: final * e / epochs for e in range(1, epochs + 1)}
+    history = {"val_accuracy": curve, "loss": {e: 1.0 / e for e in curve}, "epoch": {e: float(e) for e in curve},
+               "test_accuracy": {epochs: final}}
+    if arm == "before":
+        history.update(bn_mode_gap={epochs: 0.01}, bn_mean_shift={epochs: 0.1}, bn_var_log_ratio={epochs: 0.1},
+                       bn_stale_stats={epochs: stale})
+    seed = index if phase == "replicate" else 10_000 + index
+    return {"run_id": f"{phase}{arm}{index}", "history": history,
+            "params": {"arm": arm, "phase": phase, "trial_index": index, "seed": seed, "learning_rate": lr, "bn_placement": arm},
+            "tags": {"sweep_id": "s", "phase": phase, "arm": arm, "status": status, "trial_key": f"s/{phase}/{arm}{index}"}}
+
+
+def table(with_replicate=True, stale_seed=None):
+    rng = np.random.default_rng(0)
+    records = [trial("search", arm, i, 0.9 + 0.01 * i, 10.0 ** -i) for arm in SPEC["arms"] for i in range(4)]
+    if with_replicate:
+        for seed in range(8):
+            shared = rng.normal(0, 0.003)  # a seed's data order helps or hurts both arms alike
+            records.append(trial("replicate", "none", seed, 0.95 + shared + rng.normal(0, 0.001), 1e-3))
+            records.append(trial("replicate", "before", seed, 0.97 + shared + rng.normal(0, 0.001), 1e-2,
+                                 stale=float(seed == stale_seed)))
+    return results.from_records(records)
+
+
+def test_a_clear_difference_is_reported_as_supported_with_every_section(tmp_path):
+    built = report.build(table(stale_seed=3), SPEC, tmp_path)
+    md, page = built.markdown.read_text(), built.html.read_text()
+    [pair] = built.analysis.pairs
+    assert pair.paired and pair.verdict == "supported" and 1.5 < pair.difference < 2.5
+    assert "**before vs none** (difference, smallest effect of interest ±0.5 points): **supported**" in md
+    for heading in ("## Verdicts", "## Per arm", "## Comparisons", "## Power", "## Learning curves", "## BN diagnostics",
+                    "## Search phase", "### Hyperparameter importance", "## Reproduce"):
+        assert heading in md
+    assert "**Warning:** 1 trial(s) never updated their BN moving statistics: replicate/before/seed 3" in md
+    assert "seeds 0..7 (8)" in md
+    plots = sorted(p.name for p in (tmp_path / "plots").glob("*.png"))
+    assert plots == ["differences.png", "learning_curves.png", "search.png", "seeds.png"]
+    assert all(f"plots/{p}" in md for p in plots)
+    assert page.count("data:image/png;base64,") == 4  # self-contained inside MLflow's artifact viewer
+    assert "<b>supported</b>" in page and "<table" in page
+    assert "before vs none (difference): SUPPORTED" in built.summary and "before: 96.9" in built.summary
+
+
+def test_without_replicate_results_the_report_says_what_to_run(tmp_path):
+    built = report.build(table(with_replicate=False), SPEC, tmp_path)
+    assert built.analysis is None
+    assert "No replicate results yet" in built.markdown.read_text() and "## Search phase" in built.markdown.read_text()
