@@ -85,9 +85,10 @@ def bn_diagnostics(model, train_ds, val_ds, max_train_batches: int | None = None
     # statistic off 0 or 1 (only a batch whose stats are exactly 0 and 1 could keep them there),
     # and saving and loading a checkpoint keeps float32 values bit-exact, so a healthy run cannot
     # look stale. The check requires every BN layer to be untouched: the whole-model form of the
-    # bug. A single untouched layer is not flagged, but its shift values give it away. While the moving statistics are still exactly 0 and 1, mean_shift and
-    # var_log_ratio measure how far the population is from (0, 1): the "population is not
-    # standardized" test. NaNs compare false: a NaN model is not reported as stale.
+    # bug. A single untouched layer is not flagged, but its shift values give it away. While the
+    # moving statistics are still exactly 0 and 1, mean_shift and var_log_ratio measure how far
+    # the population is from (0, 1): the "population is not standardized" test. NaNs compare
+    # false: a NaN model is not reported as stale.
     untouched = all(not mm.any() and (mv == 1).all() for mm, mv in moving)
     stale = untouched and max(mean_shift, var_log_ratio) > STALE_TOLERANCE
 

@@ -50,12 +50,16 @@ def run(sweep: Sweep, phases: Sequence[str], *, tracker: tracking.SweepTracker, 
         table = results.from_records(tracker.trial_records())
         best = results.best_configs(table, list(sweep.arms()), sweep.metric, sweep.mode)
         tracker.set_tags({"replicate_seeds": str(sweep.budget.seeds)})
-        echo(f"bnsearch: replicating the best configuration of {len(best)} arms over seeds 0..{sweep.budget.seeds - 1}")
-        full_budget = sweep.replace(budget=dataclasses.replace(sweep.budget, early_stopping=False))
-        outcome = trainable.run_phase(full_budget, "replicate", tracker=tracker, sweep_id=sweep_id, storage=str(storage),
-                                      address=address, run_tags=run_tags, configs=replicate_configs(best, sweep.budget.seeds))
-        echo(summary(outcome))
-        ok &= outcome.ok
+        done = results.finished_replicates(table)  # a second run adds seeds, never repeats one
+        todo = [c for c in replicate_configs(best, sweep.budget.seeds) if (c["arm"], c["seed"]) not in done]
+        echo(f"bnsearch: replicating the best configuration of {len(best)} arms over seeds 0..{sweep.budget.seeds - 1}: "
+             f"{len(todo)} runs to go, {len(done)} already finished")
+        if todo:
+            full_budget = sweep.replace(budget=dataclasses.replace(sweep.budget, early_stopping=False))
+            outcome = trainable.run_phase(full_budget, "replicate", tracker=tracker, sweep_id=sweep_id, storage=str(storage),
+                                          address=address, run_tags=run_tags, configs=todo)
+            echo(summary(outcome))
+            ok &= outcome.ok
     if "report" in phases:
         echo(make_report(tracker, spec_record, Path(storage) / sweep_id / "report"))
     return ok

@@ -75,6 +75,13 @@ def final_values(table: pd.DataFrame, metric: str = "test_accuracy", phase: str 
     })
 
 
+def finished_replicates(table: pd.DataFrame) -> set[tuple[str, int]]:
+    """The (arm, seed) pairs whose replicate trial already ran to its end."""
+    last = last_epochs(table, "replicate") if len(table) else table
+    done = last[last["status"].isin(("finished", "diverged"))] if len(last) else last
+    return {(arm, int(seed)) for arm, seed in zip(done.get("arm", []), done.get("seed", []))}
+
+
 def best_configs(table: pd.DataFrame, arms: list[str], metric: str, mode: str) -> dict[str, dict[str, Any]]:
     """Per arm, the configuration of its best search trial: the best ``metric`` at the last
     epoch among trials that ran the full budget (any that did not fail, if none did).

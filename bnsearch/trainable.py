@@ -44,8 +44,12 @@ class TrialSetup:
     run_tags: dict = field(default_factory=dict)
 
 
-def trial_key(sweep_id: str, phase: str, trial_id: str) -> str:
-    return f"{sweep_id}/{phase}/{trial_id}"
+def trial_key(sweep_id: str, config: dict, trial_id: str) -> str:
+    """A trial's MLflow identity. A replicate trial is its arm and seed, so running it again
+    (after a crash, or ``--phase replicate`` once more) lands in the same run."""
+    if config["phase"] == "replicate":
+        return f"{sweep_id}/replicate/{config['arm']}/seed{config['seed']}"
+    return f"{sweep_id}/{config['phase']}/{trial_id}"
 
 
 def run_name(config: dict) -> str:
@@ -56,7 +60,7 @@ def train_trial(config: dict, setup: TrialSetup) -> None:
     """The Tune function trainable: one Keras training, tracked in its own MLflow child run."""
     from bnsearch import train  # TensorFlow loads here, in the worker
 
-    key = trial_key(setup.sweep_id, config["phase"], tune.get_context().get_trial_id())
+    key = trial_key(setup.sweep_id, config, tune.get_context().get_trial_id())
     run = tracking.TrialRun.open(
         setup.tracking_uri, setup.experiment_id, setup.parent_run_id, key, run_name(config),
         params={**config, "model": setup.model, "dataset": setup.dataset, **{f"dataset.{k}": v for k, v in setup.dataset_args.items()}},
@@ -195,7 +199,7 @@ class CloseTrialRuns(tune.Callback):
             "epochs": int((trial.last_result or {}).get("epoch", 0)),
             "best": trial.metric_analysis.get(self.metric, {}).get(self.mode),
         }
-        key = trial_key(self.sweep_id, trial.config["phase"], trial.trial_id)
+        key = trial_key(self.sweep_id, trial.config, trial.trial_id)
         self.tracker.close_trial(key, status, run_name(trial.config))
 
     def on_trial_complete(self, iteration, trials, trial, **info):

@@ -70,3 +70,9 @@ def test_replicate_configs_pair_every_arm_on_the_same_seeds():
     assert [(c["seed"], c["arm"]) for c in configs] == [(s, a) for s in range(3) for a in ("none", "before")]
     assert all(c["phase"] == "replicate" and c["trial_index"] == c["seed"] for c in configs)
     assert {c["learning_rate"] for c in configs if c["arm"] == "before"} == {0.01}
+
+
+def test_finished_replicates_are_what_a_second_replicate_run_skips():
+    assert results.finished_replicates(results.from_records(RECORDS)) == {("before", 0), ("before", 1), ("none", 0)}
+    running = [r for r in RECORDS if r["params"]["phase"] == "search"] + [record("replicate", "none", 5, "failed", [0.5], 1e-3)]
+    assert results.finished_replicates(results.from_records(running)) == set()  # a crashed one runs again

@@ -126,3 +126,21 @@ def test_report_command_rebuilds_the_report_from_mlflow_alone(finished, capsys):
     assert "before vs none (difference)" in capsys.readouterr().out
     assert (report_dir / "report.md").stat().st_size > 1000 and (report_dir / "report.html").is_file()
     assert cli.main(["report", "no-such-experiment", "--storage", str(storage)]) == 2
+
+
+def test_replicating_again_repeats_nothing_and_more_seeds_add_only_the_new_ones(finished, capsys):
+    code, client, parents, _, storage = finished
+    sweep = str(Path(__file__).parent / "sweeps" / "tiny_mlp.py")
+    assert cli.main(["run", sweep, "--storage", str(storage), "--phase", "replicate"]) == 0
+    assert "0 runs to go, 6 already finished" in capsys.readouterr().out
+    assert len(replicate_runs(client, parents[0])) == 6
+    try:
+        assert cli.main(["run", sweep, "--storage", str(storage), "--phase", "replicate", "--seeds", "4"]) == 0
+    finally:
+        import ray
+
+        ray.shutdown()
+    runs = replicate_runs(client, parents[0])
+    assert sorted((r.data.tags["arm"], int(r.data.tags["seed"])) for r in runs) == [
+        (arm, seed) for arm in ("before", "none") for seed in range(4)]
+    assert len({r.data.tags["trial_key"] for r in runs}) == 8
