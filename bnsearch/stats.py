@@ -311,6 +311,8 @@ def _judge(r: PairResult, p_adjusted, *, alpha, family) -> PairResult:
         verb = "beats" if r.difference > 0 else "trails"
         verdict = "supported"
         why = f"{r.a} {verb} {r.b} by {abs(r.difference):.2f} points ({ci}; {r.test}, {p})"
+        if abs(r.difference) < r.sesoi:  # real, but is it big enough to matter? say so
+            why += f", though by less than the ±{r.sesoi:g}-point smallest effect of interest"
     elif r.kind == "difference" and r.tost_p < alpha:
         verdict, why = "refuted", f"{same} p {_fmt_p(r.tost_p)})"
     elif r.kind == "equivalence" and p_adjusted < alpha:

@@ -404,3 +404,12 @@ def test_aa_splits_are_disjoint_when_there_are_enough_values():
     assert all(len(set(row)) == 20 for row in both)  # each draw uses every run exactly once
     stats._rejection_rate(values, 11, probe, draws=50, alpha=ALPHA, seed=0)  # 22 > 20: bootstrap
     assert any(len(set(row)) < 22 for row in np.concatenate([seen["x"], seen["y"]], axis=1))
+
+
+def test_a_supported_difference_smaller_than_the_sesoi_says_so():
+    rng = np.random.default_rng(1)
+    base = rng.normal(90, 0.5, 30)
+    small = stats.compare(base + 0.3 + rng.normal(0, 0.05, 30), base, a_name="A", b_name="B", paired=True, sesoi=0.5)
+    assert small.verdict == "supported" and "less than the ±0.5-point smallest effect of interest" in small.explanation
+    large = stats.compare(base + 2 + rng.normal(0, 0.05, 30), base, a_name="A", b_name="B", paired=True, sesoi=0.5)
+    assert large.verdict == "supported" and "smallest effect of interest" not in large.explanation
