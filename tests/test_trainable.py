@@ -3,7 +3,7 @@
 from ray.tune.search import Searcher
 
 from bnsearch.spec import Budget, ComplementLogUniform, LogUniform, Sweep
-from bnsearch.trainable import SEARCH_SEED_BASE, ArmSearcher
+from bnsearch.trainable import SEARCH_SEED_BASE, ArmSearcher, FixedConfigs, trial_key
 
 SWEEP = Sweep(
     name="t", model="mlp", dataset="digits", scientific={"bn_placement": ("none", "before", "after")},
@@ -26,3 +26,19 @@ def test_round_robin_gives_every_arm_the_same_budget_then_finishes(tmp_path):
     restored = ArmSearcher(SWEEP)
     restored.restore(str(tmp_path / "s.pkl"))
     assert restored.started == {"none": 3, "before": 3, "after": 3} and restored.suggest("t10") is Searcher.FINISHED
+
+
+def test_fixed_configs_hand_out_exactly_their_configs_then_finish(tmp_path):
+    configs = [{"arm": "none", "seed": 0}, {"arm": "before", "seed": 0}]
+    searcher = FixedConfigs(configs)
+    assert searcher.suggest("a") == configs[0]
+    searcher.save(str(tmp_path / "f.pkl"))
+    restored = FixedConfigs([])
+    restored.restore(str(tmp_path / "f.pkl"))  # a restarted driver goes on where it was
+    assert restored.suggest("b") == configs[1] and restored.suggest("c") is Searcher.FINISHED
+
+
+def test_replicate_trials_are_identified_by_arm_and_seed_search_trials_by_tune():
+    replicate = {"phase": "replicate", "arm": "before", "seed": 3}
+    assert trial_key("s", replicate, "t1") == trial_key("s", replicate, "t2") == "s/replicate/before/seed3"
+    assert trial_key("s", {"phase": "search", "arm": "before", "seed": 10_003}, "t1") == "s/search/t1"
