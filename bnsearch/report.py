@@ -26,6 +26,7 @@ from bnsearch import results, search, stats  # noqa: E402
 from bnsearch.spec import Comparison  # noqa: E402
 
 BN_COLUMNS = ("bn_mode_gap", "bn_mean_shift", "bn_var_log_ratio", "bn_stale_stats")
+MODE_GAP_WARNING = 0.05  # inference-mode BN losing more than 5 points of accuracy is worth a warning
 
 
 @dataclass
@@ -78,6 +79,7 @@ def build(table: pd.DataFrame, spec: dict[str, Any], out: str | Path) -> Built:
     md.write_text(_markdown(blocks, out))
     page = out / "report.html"
     page.write_text(_html(blocks, out, spec["name"]))
+    lines += [f"Warning: {w}" for w in _bn_warnings(table)]
     summary = "\n".join([f"\nReport for {spec['name']} ({metric}, accuracy points):", *lines])
     return Built(md, page, summary, analysis)
 
@@ -161,12 +163,26 @@ def _diagnostics(table: pd.DataFrame) -> list:
                     "`bn_mean_shift` / `bn_var_log_ratio`: how far the moving mean / variance sit from the population "
                     "statistics recomputed over the training data (worst layer); `bn_stale_stats`: the moving statistics "
                     "were never updated (BN run in inference mode during training).")]
-    if "bn_stale_stats" in present:
-        stale = with_bn[with_bn["bn_stale_stats"] == 1]
-        if len(stale):
-            blocks.append(("p", f"**Warning:** {len(stale)} trial(s) never updated their BN moving statistics: "
-                                + ", ".join(f"{r.phase}/{r.arm}/seed {r.seed}" for r in stale.itertuples())))
+    blocks += [("p", f"**Warning:** {w}") for w in _bn_warnings(table)]
     return blocks
+
+
+def _bn_warnings(table: pd.DataFrame) -> list[str]:
+    """What the BN diagnostics say a reader must know before trusting a verdict."""
+    if "bn_stale_stats" not in table:
+        return []
+    last = table.sort_values("epoch").groupby("trial_key").tail(1)
+    warnings = []
+    stale = last[last["bn_stale_stats"] == 1]
+    if len(stale):
+        warnings.append(f"{len(stale)} trial(s) never updated their BN moving statistics: "
+                        + ", ".join(f"{r.phase}/{r.arm}/seed {r.seed}" for r in stale.itertuples()))
+    gaps = last[last["phase"] == "replicate"].groupby("arm")["bn_mode_gap"].mean().dropna()
+    for arm, gap in gaps[gaps > MODE_GAP_WARNING].items():
+        warnings.append(f"in arm {arm}, validation accuracy is {100 * gap:.1f} points higher with batch statistics than "
+                        "with the moving statistics used at inference: they lag the weights (too few steps for the BN "
+                        "momentum), so this arm's results measure BN bookkeeping as much as the question.")
+    return warnings
 
 
 def _search(table: pd.DataFrame, arms: list[str], spec: dict[str, Any], out: Path) -> list:

@@ -10,13 +10,13 @@ SPEC = {"name": "demo", "question": "BN vs none", "model": "mlp", "dataset": "di
         "comparisons": [{"a": "before", "b": "none", "kind": "difference", "sesoi": 0.5}]}
 
 
-def trial(phase, arm, index, final, lr, status="finished", stale=0.0):
+def trial(phase, arm, index, final, lr, status="finished", stale=0.0, gap=0.01):
     epochs = 3
     curve = {e: final * e / epochs for e in range(1, epochs + 1)}
     history = {"val_accuracy": curve, "loss": {e: 1.0 / e for e in curve}, "epoch": {e: float(e) for e in curve},
                "test_accuracy": {epochs: final}}
     if arm == "before":
-        history.update(bn_mode_gap={epochs: 0.01}, bn_mean_shift={epochs: 0.1}, bn_var_log_ratio={epochs: 0.1},
+        history.update(bn_mode_gap={epochs: gap}, bn_mean_shift={epochs: 0.1}, bn_var_log_ratio={epochs: 0.1},
                        bn_stale_stats={epochs: stale})
     seed = index if phase == "replicate" else 10_000 + index
     return {"run_id": f"{phase}{arm}{index}", "history": history,
@@ -59,3 +59,12 @@ def test_without_replicate_results_the_report_says_what_to_run(tmp_path):
     built = report.build(table(with_replicate=False), SPEC, tmp_path)
     assert built.analysis is None
     assert "No replicate results yet" in built.markdown.read_text() and "## Search phase" in built.markdown.read_text()
+
+
+def test_a_large_bn_mode_gap_is_a_warning_in_the_report_and_the_summary(tmp_path):
+    records = [trial("search", arm, 0, 0.9, 1e-3) for arm in SPEC["arms"]]
+    records += [trial("replicate", arm, seed, 0.5 + 0.01 * seed, 1e-3, gap=0.4 if arm == "before" else 0.0)
+                for seed in range(3) for arm in SPEC["arms"]]
+    built = report.build(results.from_records(records), SPEC, tmp_path)
+    assert "**Warning:** in arm before, validation accuracy is 40.0 points higher with batch statistics" in built.markdown.read_text()
+    assert "Warning: in arm before" in built.summary and "arm none" not in built.summary
