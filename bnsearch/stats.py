@@ -320,12 +320,17 @@ def _judge(r: PairResult, p_adjusted, *, alpha, family) -> PairResult:
     elif r.kind == "equivalence" and (r.ci_low > r.sesoi or r.ci_high < -r.sesoi):
         verdict, why = "refuted", f"{r.a} and {r.b} differ by more than ±{r.sesoi:g} points ({ci})"
     else:
-        test = f"{r.test}, {p}" if math.isfinite(p_adjusted) else "no test"
+        name = r.test if r.kind == "difference" else "TOST"
+        test = f"{name}, {p}" if math.isfinite(p_adjusted) else "no test"
         verdict = "inconclusive"
         why = (f"{r.a} minus {r.b} is {r.difference:.2f} points ({ci}; {test}), showing neither "
                f"a difference nor equivalence {within}")
     explanation = f"{why}: {verdict}"
-    if verdict == "inconclusive":  # always say what it would take
+    if verdict == "inconclusive" and not math.isfinite(r.sd):
+        explanation += "; at least 2 finished seeds per arm are needed to estimate how many would settle it"
+    elif verdict == "inconclusive" and r.seeds_needed >= SEEDS_CAP:
+        explanation += f"; more than {SEEDS_CAP} seeds per arm would be needed: the seeds spread too widely for this SESOI"
+    elif verdict == "inconclusive":  # always say what it would take
         explanation += f"; about {r.seeds_needed} seeds per arm would settle it"
     return replace(r, p_adjusted=float(p_adjusted), verdict=verdict, explanation=explanation + ".")
 

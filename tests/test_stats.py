@@ -181,7 +181,7 @@ def test_too_little_data_is_inconclusive_not_an_error(strict, a, b):
     r = stats.compare(a, b, paired=len(a) == len(b))
     if len(a) < 2:
         assert r.verdict == "inconclusive"
-        assert "seeds per arm would settle it" in r.explanation
+        assert "at least 2 finished seeds per arm are needed" in r.explanation
     assert r.verdict in {"supported", "refuted", "inconclusive"}
 
 
@@ -413,3 +413,11 @@ def test_a_supported_difference_smaller_than_the_sesoi_says_so():
     assert small.verdict == "supported" and "less than the ±0.5-point smallest effect of interest" in small.explanation
     large = stats.compare(base + 2 + rng.normal(0, 0.05, 30), base, a_name="A", b_name="B", paired=True, sesoi=0.5)
     assert large.verdict == "supported" and "smallest effect of interest" not in large.explanation
+
+
+def test_an_inconclusive_equivalence_names_tost_and_a_hopeless_one_says_so():
+    rng = np.random.default_rng(2)
+    noisy = stats.compare(rng.normal(50, 30, 3), rng.normal(50, 30, 3), a_name="A", b_name="B", paired=True,
+                          kind="equivalence", sesoi=0.5)
+    assert noisy.verdict == "inconclusive" and "TOST, p" in noisy.explanation and "paired t" not in noisy.explanation
+    assert noisy.seeds_needed == stats.SEEDS_CAP and f"more than {stats.SEEDS_CAP} seeds per arm" in noisy.explanation
