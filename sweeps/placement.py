@@ -10,7 +10,7 @@ Command:  ray submit cluster/gpu.yaml sweeps/placement.py
 Cost:     full: 2 arms x (32 search trials x <= 30 epochs + 10 seeds x 30 epochs) of
           MobileNetV2 (width 0.5) on CIFAR-10, about 35 GPU-hours before early stopping;
           dry run: 2 arms x (2 trials + 3 seeds) x <= 3 epochs on scikit-learn's digits
-          resized to 32x32, about 4 minutes on 2 CPUs.
+          resized to 32x32, about 5 minutes on 2 CPUs.
 Compares: before vs after, equivalence within ±0.5 points.
 """
 
