@@ -56,6 +56,8 @@ def check_arguments(args: argparse.Namespace) -> None:
     storage = Path(args.storage)
     if storage.exists() and not storage.is_dir():
         problems.append(("--storage", f"must be a directory, {args.storage!r} is a file"))
+    if args.sweep_id and "search" in PHASE_CHOICES[args.phase]:
+        problems.append(("--sweep-id", f"continues a recorded sweep, so it goes with --phase replicate or report, not {args.phase}"))
     if args.seeds is not None and args.seeds < 2:
         problems.append(("--seeds", f"must be a whole number >= 2 (statistics need two seeds per arm), got {args.seeds}"))
     if problems:
@@ -83,7 +85,6 @@ def _run(args: argparse.Namespace) -> int:
     from bnsearch import phases, tracking  # MLflow loads only after validation
 
     storage = Path(args.storage).resolve()
-    storage.mkdir(parents=True, exist_ok=True)
     tracking_uri = tracking.resolve_tracking_uri(args.tracking_uri, storage)
     experiment = sweep.name + ("-dry-run" if args.dry_run else "")
     sweep = sweep.replace(name=experiment)
@@ -92,8 +93,9 @@ def _run(args: argparse.Namespace) -> int:
                    "comparisons": [dataclasses.asdict(c) for c in sweep.declared_comparisons()]}
     if "search" in chosen:
         # The driver creates the store, experiment and parent run before any trial starts.
+        storage.mkdir(parents=True, exist_ok=True)
         tracker = tracking.SweepTracker(tracking_uri, experiment, artifact_root=tracking.local_artifact_root(tracking_uri, storage))
-        sweep_id = args.sweep_id or f"{experiment}-{time.strftime('%Y%m%d-%H%M%S')}"
+        sweep_id = f"{experiment}-{time.strftime('%Y%m%d-%H%M%S')}"
     else:
         tracker, sweep_id = existing_sweep(tracking_uri, storage, experiment, args.sweep_id,
                                            "--phase", f"{args.phase} continues a sweep; run --phase search (or all) first")

@@ -25,6 +25,7 @@ def run_cli(*args, cwd):
         (["--tracking-uri", "ftp://x"], "bnsearch: error: --tracking-uri: must start with one of"),
         (["--address", "not an address"], "bnsearch: error: --address: must be 'auto'"),
         (["--seeds", "1"], "bnsearch: error: --seeds: must be a whole number >= 2"),
+        (["--sweep-id", "x"], "bnsearch: error: --sweep-id: continues a recorded sweep, so it goes with --phase replicate or report"),
     ],
 )
 def test_bad_arguments_exit_2_before_any_resource(tmp_path, args, message):
