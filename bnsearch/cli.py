@@ -13,13 +13,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib.util
-import os
 import platform
 import re
 import sys
 import time
-from importlib import metadata
 from collections.abc import Sequence
+from importlib import metadata
 from pathlib import Path
 
 from bnsearch.spec import SpecError, Sweep

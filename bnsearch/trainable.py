@@ -95,11 +95,10 @@ class _SavedSearcher(Searcher):
 class ArmSearcher(_SavedSearcher):
     """Round-robin over arms; each arm is searched by its own OptunaSearch (own study)."""
 
-    def __init__(self, sweep: Sweep, phase: str = "search"):
+    def __init__(self, sweep: Sweep):
         super().__init__(metric=sweep.metric, mode=sweep.mode)
         budget = sweep.budget
         self.trials_per_arm = budget.trials_per_arm
-        self.phase = phase
         self.arm_configs = {arm: sweep.arm_config(arm) for arm in sweep.arms()}
         self.searchers = {}
         for arm in self.arm_configs:
@@ -122,7 +121,7 @@ class ArmSearcher(_SavedSearcher):
         index = self.started[arm]
         self.started[arm] += 1
         self.arm_of[trial_id] = arm
-        return {**self.arm_configs[arm], **params, "arm": arm, "phase": self.phase,
+        return {**self.arm_configs[arm], **params, "arm": arm, "phase": "search",
                 "trial_index": index, "seed": SEARCH_SEED_BASE + index}
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
