@@ -42,6 +42,7 @@ class TrialSetup:
     experiment_id: str
     parent_run_id: str
     run_tags: dict = field(default_factory=dict)
+    track: bool = True  # False only to measure what tracking costs (bench/)
 
 
 def trial_key(sweep_id: str, config: dict, trial_id: str) -> str:
@@ -61,7 +62,7 @@ def train_trial(config: dict, setup: TrialSetup) -> None:
     from bnsearch import train  # TensorFlow loads here, in the worker
 
     key = trial_key(setup.sweep_id, config, tune.get_context().get_trial_id())
-    run = tracking.TrialRun.open(
+    run = setup.track and tracking.TrialRun.open(
         setup.tracking_uri, setup.experiment_id, setup.parent_run_id, key, run_name(config),
         params={**config, "model": setup.model, "dataset": setup.dataset, **{f"dataset.{k}": v for k, v in setup.dataset_args.items()}},
         tags={"arm": config["arm"], "phase": config["phase"], "seed": str(config["seed"]), "sweep_id": setup.sweep_id,
@@ -70,7 +71,8 @@ def train_trial(config: dict, setup: TrialSetup) -> None:
     train.setup_tensorflow(max(1, int(setup.cpu)))
 
     def report(metrics: dict, checkpoint_dir: str | None) -> None:
-        run.log_epoch(int(metrics["epoch"]), metrics)  # log first: a reported epoch is a logged one
+        if run:
+            run.log_epoch(int(metrics["epoch"]), metrics)  # log first: a reported epoch is a logged one
         checkpoint = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
         tune.report(metrics, checkpoint=checkpoint)
 
@@ -187,7 +189,7 @@ class ArmScheduler(FIFOScheduler):
 class CloseTrialRuns(tune.Callback):
     """Driver side: give every trial's MLflow run its final status once Tune is done with it."""
 
-    def __init__(self, tracker: tracking.SweepTracker, sweep_id: str, sweep: Sweep):
+    def __init__(self, tracker: tracking.SweepTracker | None, sweep_id: str, sweep: Sweep):
         self.tracker, self.sweep_id = tracker, sweep_id
         self.max_epochs, self.metric, self.mode = sweep.budget.max_epochs, sweep.metric, sweep.mode
         self.trials: dict[str, dict] = {}
@@ -196,10 +198,11 @@ class CloseTrialRuns(tune.Callback):
         self.trials[trial.trial_id] = {
             "arm": trial.config["arm"], "trial_index": trial.config["trial_index"], "status": status,
             "epochs": int((trial.last_result or {}).get("epoch", 0)),
+            "train_time_s": float((trial.last_result or {}).get("train_time_s", 0.0)),
             "best": trial.metric_analysis.get(self.metric, {}).get(self.mode),
         }
-        key = trial_key(self.sweep_id, trial.config, trial.trial_id)
-        self.tracker.close_trial(key, status, run_name(trial.config))
+        if self.tracker:
+            self.tracker.close_trial(trial_key(self.sweep_id, trial.config, trial.trial_id), status, run_name(trial.config))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         last = trial.last_result or {}
@@ -221,7 +224,7 @@ class PhaseOutcome:
     metric: str
     mode: str
     wall_s: float
-    trials: list[dict]  # arm, trial_index, status, epochs, best (the metric's best value)
+    trials: list[dict]  # arm, trial_index, status, epochs, train_time_s, best (the metric's best value)
     ok: bool = True
 
     @property
@@ -250,7 +253,7 @@ def slots(cpu_per_trial: float, gpu_per_trial: float) -> int:
 
 def run_phase(sweep: Sweep, phase: str, *, tracker: tracking.SweepTracker, sweep_id: str, storage: str,
               address: str | None = None, run_tags: dict[str, str] | None = None,
-              configs: list[dict] | None = None) -> PhaseOutcome:
+              configs: list[dict] | None = None, track: bool = True) -> PhaseOutcome:
     """Run one phase of ``sweep`` on Ray, every trial a child of ``tracker``'s parent run.
 
     ``search``: the per-arm Optuna studies with per-arm ASHA. ``replicate``: exactly
@@ -267,6 +270,7 @@ def run_phase(sweep: Sweep, phase: str, *, tracker: tracking.SweepTracker, sweep
         sweep_id=sweep_id, model=sweep.model, dataset=sweep.dataset, dataset_args=dict(sweep.dataset_args),
         max_epochs=sweep.budget.max_epochs, cpu=sweep.resources.cpu, tracking_uri=tracker.tracking_uri,
         experiment_id=tracker.experiment_id, parent_run_id=tracker.parent_run_id, run_tags=dict(run_tags or {}),
+        track=track,
     )
     if phase == "search":
         total = len(sweep.arms()) * sweep.budget.trials_per_arm
@@ -275,7 +279,7 @@ def run_phase(sweep: Sweep, phase: str, *, tracker: tracking.SweepTracker, sweep
     else:
         total, searcher, scheduler = len(configs), FixedConfigs(configs), FIFOScheduler()
     concurrency = sweep.budget.max_concurrent_trials or slots(sweep.resources.cpu, sweep.resources.gpu) or total
-    closer = CloseTrialRuns(tracker, sweep_id, sweep)
+    closer = CloseTrialRuns(tracker if track else None, sweep_id, sweep)
     tuner = tune.Tuner(
         tune.with_resources(tune.with_parameters(train_trial, setup=setup),
                             {"cpu": sweep.resources.cpu, "gpu": sweep.resources.gpu}),
@@ -298,6 +302,7 @@ def run_phase(sweep: Sweep, phase: str, *, tracker: tracking.SweepTracker, sweep
     try:
         ok = not tuner.fit().errors
     finally:
-        tracker.close_orphans()
+        if track:
+            tracker.close_orphans()
     trials = sorted(closer.trials.values(), key=lambda t: (t["arm"], t["trial_index"]))
     return PhaseOutcome(phase, sweep.metric, sweep.mode, time.perf_counter() - start, trials, ok)

@@ -1,0 +1,175 @@
+"""bnsearch benchmarks: the sweep machinery against what a user would otherwise run, measured
+side by side in one run on this machine. Prints a table and writes the figures as JSON.
+
+    python bench/run.py [--quick] [--out bench-results.json]
+
+- scheduling efficiency = time in training epochs / (wall time x parallel slots), for 8
+  trials of about 10 s and 4 of about 60 s (--quick: 4 and 2, of about 10 s and 30 s);
+- overhead vs a bare Keras script (bench/bare.py) run sequentially and as 2 processes;
+- the peer: the same trials as a plain Optuna study over a journal file, 2 worker processes;
+- tracking overhead: the same bnsearch run with MLflow logging on and off;
+- throughput (samples/s) of bnsearch's training loop vs a bare Keras fit;
+- search efficiency (bench/search_efficiency.py): epochs until a configuration within 0.5
+  points of the grid optimum is found, TPE+ASHA vs random vs the full grid.
+
+Workload: an MLP (256-256, BN before ReLU, Adam, batch 32) on MNIST-1D with 20,000 samples
+(generated, offline), learning rates from a fixed grid, one CPU per trial.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+BASE = {"hidden_sizes": [256, 256], "batch_size": 32, "bn_placement": "before", "optimizer": "adam"}
+LEARNING_RATES = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1)
+SLOTS = 2
+
+
+def script(name: str, *args: str) -> tuple[dict, float]:
+    """Run a bench script in a fresh process; its JSON result and the wall time around it."""
+    start = time.perf_counter()
+    out = subprocess.run([sys.executable, str(HERE / name), *args], capture_output=True, text=True, check=True,
+                         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    return json.loads(out.stdout.strip().splitlines()[-1]), time.perf_counter() - start
+
+
+def parallel(jobs: list[tuple[str, ...]]) -> tuple[list[dict], float]:
+    """Several bench scripts at once; their results and the wall time until the last ends."""
+    start = time.perf_counter()
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    procs = [subprocess.Popen([sys.executable, str(HERE / j[0]), *j[1:]], stdout=subprocess.PIPE, text=True, env=env) for j in jobs]
+    outs = [p.communicate()[0] for p in procs]
+    if any(p.returncode for p in procs):
+        raise RuntimeError(f"a bench process failed: {[p.returncode for p in procs]}")
+    return [json.loads(o.strip().splitlines()[-1]) for o in outs], time.perf_counter() - start
+
+
+def configs(n: int) -> list[dict]:
+    return [{**BASE, "learning_rate": lr} for lr in LEARNING_RATES[:n]]
+
+
+def bnsearch_run(n: int, epochs: int, track: bool = True) -> dict:
+    """The same configurations through bnsearch: Ray Tune trials, MLflow child runs."""
+    import ray
+
+    from bnsearch import tracking, trainable
+    from bnsearch.spec import Budget, Resources, Sweep
+
+    sweep = Sweep(name="bench", model="mlp", dataset="mnist1d", dataset_args={"num_samples": 20_000},
+                  scientific={"bn_placement": ("before",)}, model_args={"hidden_sizes": (256, 256)},
+                  fixed={"optimizer": "adam", "batch_size": 32},
+                  budget=Budget(max_epochs=epochs, early_stopping=False, max_concurrent_trials=SLOTS), resources=Resources(cpu=1))
+    with tempfile.TemporaryDirectory(prefix="bnsearch-bench-") as storage:
+        uri = tracking.default_tracking_uri(storage)
+        tracker = tracking.SweepTracker(uri, "bench", artifact_root=tracking.local_artifact_root(uri, storage))
+        tracker.start_sweep("bench", params={}, tags={}, artifacts={})
+        todo = [{**sweep.arm_config("before"), **c, "arm": "before", "phase": "replicate", "trial_index": i, "seed": i}
+                for i, c in enumerate(configs(n))]
+        start = time.perf_counter()  # Ray's start-up included: a user pays it too
+        outcome = trainable.run_phase(sweep, "replicate", tracker=tracker, sweep_id="bench", storage=storage,
+                                      configs=todo, track=track)
+        wall = time.perf_counter() - start
+        ray.shutdown()
+    if not outcome.ok or len(outcome.trials) != n:
+        raise RuntimeError(f"bnsearch run failed: {outcome.trials}")
+    train_s = sum(t["train_time_s"] for t in outcome.trials)
+    return {"wall_s": wall, "train_s": train_s, "efficiency": train_s / (wall * SLOTS)}
+
+
+def bare_runs(n: int, epochs: int) -> dict:
+    job = lambda cs, threads: json.dumps({"configs": cs, "epochs": epochs, "threads": threads})  # noqa: E731
+    sequential, seq_wall = script("bare.py", job(configs(n), SLOTS))
+    halves = [configs(n)[i::SLOTS] for i in range(SLOTS)]
+    both, par_wall = parallel([("bare.py", job(h, 1)) for h in halves])
+    train_s = sum(r["train_s"] for r in both)
+    return {"sequential_wall_s": seq_wall, "parallel_wall_s": par_wall, "parallel_train_s": train_s,
+            "parallel_efficiency": train_s / (par_wall * SLOTS)}
+
+
+def optuna_peer(n: int, epochs: int) -> dict:
+    import optuna
+
+    with tempfile.TemporaryDirectory(prefix="bnsearch-peer-") as tmp:
+        journal = str(Path(tmp) / "journal.log")
+        storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(journal))
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        study = optuna.create_study(study_name="peer", storage=storage)
+        study.set_user_attr("base", BASE)
+        for c in configs(n):
+            study.enqueue_trial({"learning_rate": c["learning_rate"]})
+        results, wall = parallel([("optuna_peer.py", journal, "peer", str(n // SLOTS), str(epochs))] * SLOTS)
+    train_s = sum(r["train_s"] for r in results)
+    return {"wall_s": wall, "train_s": train_s, "efficiency": train_s / (wall * SLOTS)}
+
+
+def throughput(epochs: int) -> dict:
+    result, _ = script("bare.py", json.dumps({"throughput": {**BASE, "learning_rate": 1e-3, "seed": 0}, "epochs": epochs, "threads": 1}))
+    steady = {k: statistics.median(v["samples_per_s"][1:]) for k, v in result.items()}  # epoch 1 holds the tracing
+    epoch_s = statistics.median(result["bare"]["epoch_s"][1:])
+    return {"bare_samples_per_s": steady["bare"], "bnsearch_samples_per_s": steady["bnsearch"],
+            "ratio": steady["bnsearch"] / steady["bare"], "epoch_s": epoch_s}
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="fewer and shorter trials (a few minutes)")
+    p.add_argument("--out", default="bench-results.json")
+    p.add_argument("--skip-search", action="store_true", help="leave out the search-efficiency benchmark")
+    args = p.parse_args(argv)
+
+    figures = {"machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()},
+               "quick": args.quick}
+    figures["throughput"] = t = throughput(epochs=6)
+    short_n, long_n, long_target = (4, 2, 30) if args.quick else (8, 4, 60)
+    short_epochs = max(2, round(10 / t["epoch_s"]))
+    long_epochs = max(2, round(long_target / t["epoch_s"]))
+    figures["short"] = {"trials": short_n, "epochs": short_epochs,
+                        "bnsearch": bnsearch_run(short_n, short_epochs), "bnsearch_untracked": bnsearch_run(short_n, short_epochs, track=False),
+                        "bare": bare_runs(short_n, short_epochs), "optuna": optuna_peer(short_n, short_epochs)}
+    figures["long"] = {"trials": long_n, "epochs": long_epochs, "bnsearch": bnsearch_run(long_n, long_epochs)}
+    if not args.skip_search:
+        import search_efficiency
+
+        figures["search"] = search_efficiency.run(quick=args.quick)
+    Path(args.out).write_text(json.dumps(figures, indent=2))
+    print(table(figures))
+    print(f"\nfigures: {args.out}")
+    return figures
+
+
+def table(f: dict) -> str:
+    s, lg, t = f["short"], f["long"], f["throughput"]
+    b, bare, peer, off = s["bnsearch"], s["bare"], s["optuna"], s["bnsearch_untracked"]
+    rows = [
+        ("scheduling efficiency, short trials", f"{b['efficiency']:.2f}", ">= 0.85", f"{s['trials']} trials x {s['epochs']} epochs"),
+        ("scheduling efficiency, long trials", f"{lg['bnsearch']['efficiency']:.2f}", ">= 0.85", f"{lg['trials']} trials x {lg['epochs']} epochs"),
+        ("wall: bnsearch / bare, 2 processes", f"{b['wall_s'] / bare['parallel_wall_s']:.2f}", "<= 1.15",
+         f"{b['wall_s']:.1f} s vs {bare['parallel_wall_s']:.1f} s"),
+        ("wall: bnsearch / bare, sequential", f"{b['wall_s'] / bare['sequential_wall_s']:.2f}", "-", f"vs {bare['sequential_wall_s']:.1f} s"),
+        ("wall: bnsearch / Optuna peer", f"{b['wall_s'] / peer['wall_s']:.2f}", "<= 1.0", f"vs {peer['wall_s']:.1f} s"),
+        ("tracking overhead (wall on / off - 1)", f"{b['wall_s'] / off['wall_s'] - 1:+.1%}", "<= 3%", f"vs {off['wall_s']:.1f} s untracked"),
+        ("throughput: bnsearch loop / bare fit", f"{t['ratio']:.2f}", "-",
+         f"{t['bnsearch_samples_per_s']:.0f} vs {t['bare_samples_per_s']:.0f} samples/s"),
+    ]
+    if "search" in f:
+        for name, r in f["search"]["strategies"].items():
+            rows.append((f"search: epochs to within 0.5 pt, {name}", f"{r['median_fraction']:.0%}",
+                         "<= 25%" if name == "tpe+asha" else "-", f"median {r['median_epochs']:.0f} of {f['search']['grid_epochs']} grid epochs"))
+    width = max(len(r[0]) for r in rows)
+    lines = [f"{'measure':<{width}}  {'value':>8}  {'target':>8}  detail"]
+    lines += [f"{a:<{width}}  {b_:>8}  {c:>8}  {d}" for a, b_, c, d in rows]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
