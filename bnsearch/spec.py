@@ -179,6 +179,7 @@ class Budget:
     max_concurrent_trials: int | None = None  # None: as many as the resources allow
     search_seed: int = 0
     seeds: int = 10  # replicate phase: every arm's best configuration re-run on seeds 0..seeds-1
+    checkpoint_every_s: float = 30.0  # a trial checkpoints at most this often (0: every epoch)
 
 
 @dataclass(frozen=True)
@@ -366,6 +367,8 @@ def _problems(sweep: Sweep):
         yield "budget.max_concurrent_trials", f"must be a whole number >= 1 or None, got {b.max_concurrent_trials!r}"
     if not _is_int(b.search_seed) or b.search_seed < 0:
         yield "budget.search_seed", f"must be a whole number >= 0, got {b.search_seed!r}"
+    if not _is_real(b.checkpoint_every_s) or b.checkpoint_every_s < 0:
+        yield "budget.checkpoint_every_s", f"must be a number of seconds >= 0, got {b.checkpoint_every_s!r}"
     if not _is_int(b.seeds) or b.seeds < 2:
         yield "budget.seeds", f"must be a whole number >= 2 (statistics need at least two seeds per arm), got {b.seeds!r}"
 

@@ -15,6 +15,7 @@ import os
 import pickle
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import ray
 from ray import tune
@@ -22,7 +23,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from bnsearch import search, tracking
+from bnsearch import data, search, tracking
 from bnsearch.spec import Sweep
 
 SEARCH_SEED_BASE = 10_000  # search-phase seeds; replicate seeds start at 0, so they never meet
@@ -42,6 +43,8 @@ class TrialSetup:
     experiment_id: str
     parent_run_id: str
     run_tags: dict = field(default_factory=dict)
+    checkpoint_every_s: float = 30.0
+    arrays: Any = None  # an ObjectRef to the loaded dataset, in Ray's object store once per sweep
     track: bool = True  # False only to measure what tracking costs (bench/)
 
 
@@ -79,7 +82,13 @@ def train_trial(config: dict, setup: TrialSetup) -> None:
     checkpoint = tune.get_checkpoint()
     with checkpoint.as_directory() if checkpoint else contextlib.nullcontext() as restore_dir:
         train.run(config, model=setup.model, dataset=setup.dataset, dataset_args=setup.dataset_args,
-                  max_epochs=setup.max_epochs, report=report, restore_dir=restore_dir)
+                  max_epochs=setup.max_epochs, report=report, restore_dir=restore_dir,
+                  checkpoint_every_s=setup.checkpoint_every_s, arrays=None if setup.arrays is None else ray.get(setup.arrays))
+
+
+@ray.remote(num_cpus=0)
+def _load_dataset(name: str, loader_args: dict) -> data.Arrays:
+    return data.load(name, **loader_args)
 
 
 class _SavedSearcher(Searcher):
@@ -266,11 +275,15 @@ def run_phase(sweep: Sweep, phase: str, *, tracker: tracking.SweepTracker, sweep
     if not ray.is_initialized():
         ray.init(address=address, logging_level="WARNING", include_dashboard=False, log_to_driver=False,
                  runtime_env={"env_vars": {"TF_CPP_MIN_LOG_LEVEL": "2"}})
+    # Load the dataset once, in a task that needs no CPU slot (so trials start meanwhile), and
+    # share it through the object store: every trial process would otherwise load its own.
+    loader_args = {k: v for k, v in sweep.dataset_args.items() if k not in data.COMMON_PARAMETERS}
+    arrays = _load_dataset.remote(sweep.dataset, loader_args)
     setup = TrialSetup(
         sweep_id=sweep_id, model=sweep.model, dataset=sweep.dataset, dataset_args=dict(sweep.dataset_args),
         max_epochs=sweep.budget.max_epochs, cpu=sweep.resources.cpu, tracking_uri=tracker.tracking_uri,
         experiment_id=tracker.experiment_id, parent_run_id=tracker.parent_run_id, run_tags=dict(run_tags or {}),
-        track=track,
+        checkpoint_every_s=sweep.budget.checkpoint_every_s, arrays=arrays, track=track,
     )
     if phase == "search":
         total = len(sweep.arms()) * sweep.budget.trials_per_arm

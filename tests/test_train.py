@@ -20,9 +20,10 @@ class Recorder:
             self.kept = shutil.copytree(checkpoint_dir, self.tmp / "kept")
 
 
-def fit(config=CONFIG, epochs=3, report=None, restore_dir=None, model="mlp", dataset="digits"):
+def fit(config=CONFIG, epochs=3, report=None, restore_dir=None, model="mlp", dataset="digits", checkpoint_every_s=0.0):
     report = report or Recorder()
-    final = train.run(config, model=model, dataset=dataset, dataset_args={}, max_epochs=epochs, report=report, restore_dir=restore_dir)
+    final = train.run(config, model=model, dataset=dataset, dataset_args={}, max_epochs=epochs, report=report, restore_dir=restore_dir,
+                      checkpoint_every_s=checkpoint_every_s)
     return final, report
 
 
@@ -71,3 +72,9 @@ def test_mnist1d_convnet_trains():
 def test_environment_records_versions_and_bn_convention():
     env = train.environment()
     assert env["bn_moving_variance"] == "biased" and env["version.keras"].startswith("3.")
+
+
+def test_checkpoints_are_spaced_by_time():
+    _, rec = fit(epochs=4, checkpoint_every_s=3600)  # none due within the hour: the epochs report without one
+    assert [files for _, files in rec.reports] == [None] * 4
+    assert [m["epoch"] for m, _ in rec.reports] == [1, 2, 3, 4]

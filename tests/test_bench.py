@@ -1,0 +1,36 @@
+"""The benchmark harness's own logic (bench/ is not a package: loaded by path). The timings
+themselves live in BENCHMARKS.md, never in tests."""
+
+import sys
+from pathlib import Path
+
+import optuna
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+import search_efficiency  # noqa: E402
+
+GRID = {"learning_rate": (0.1, 0.01, 0.001), "batch_size": (32, 128)}
+# A table where only lr 0.01 / batch 32 reaches the top; bad configurations show it at epoch 1.
+CURVES = {(lr, b): ([60.0, 70.0, 80.0, 90.0] if (lr, b) == (0.01, 32) else [20.0, 30.0, 40.0, 50.0 - lr])
+          for lr in GRID["learning_rate"] for b in GRID["batch_size"]}
+
+
+def study(sampler, pruner=None):
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna.create_study(direction="maximize", sampler=sampler, pruner=pruner or optuna.pruners.NopPruner())
+
+
+def test_replay_counts_the_epochs_until_a_good_configuration_finishes():
+    names = list(GRID)
+    s = study(optuna.samplers.RandomSampler(0))
+    for lr in (0.1, 0.001, 0.01):  # two bad ones (4 epochs each), then the good one (4 more)
+        s.enqueue_trial({"learning_rate": lr, "batch_size": 32})
+    assert search_efficiency.replay(s, CURVES, names, GRID, epochs=4, good=89.5, max_trials=3) == 12
+    assert search_efficiency.replay(study(optuna.samplers.RandomSampler(0)), CURVES, names, GRID, 4, good=99, max_trials=5) is None
+
+
+def test_pruned_trials_cost_only_the_epochs_they_ran():
+    names = list(GRID)
+    halving = optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=2)
+    spent = search_efficiency.replay(study(optuna.samplers.RandomSampler(0), halving), CURVES, names, GRID, 4, good=89.5, max_trials=50)
+    assert spent is not None and 4 <= spent < 4 * 6  # the good one ran all 4; the others were cut short
