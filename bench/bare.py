@@ -3,7 +3,7 @@ configurations one after another in one process (TensorFlow imported once), no t
 checkpoints. Prints one JSON line with its timings.
 
     python bench/bare.py '{"configs": [...], "epochs": 30, "threads": 1}'
-    python bench/bare.py '{"throughput": {...config...}, "epochs": 5, "threads": 2}'
+    python bench/bare.py '{"throughput": {...config...}, "epochs": 5, "rounds": 3, "threads": 1}'
 """
 
 import json
@@ -48,8 +48,11 @@ def bnsearch_loop(config: dict, epochs: int) -> dict:
 def main(job: dict) -> dict:
     train.setup_tensorflow(job.get("threads", 1))
     splits = data.split(data.load(DATASET, **DATASET_ARGS), 0, 0.1)
-    if "throughput" in job:
-        return {"bare": fit(job["throughput"], job["epochs"], splits), "bnsearch": bnsearch_loop(job["throughput"], job["epochs"])}
+    if "throughput" in job:  # alternate the two, so a slow spell of the machine hits both
+        rounds = [(fit(job["throughput"], job["epochs"], splits), bnsearch_loop(job["throughput"], job["epochs"]))
+                  for _ in range(job.get("rounds", 1))]
+        return {name: {key: [x for r in rounds for x in r[i][key][1:]] for key in ("epoch_s", "samples_per_s")}
+                for i, name in enumerate(("bare", "bnsearch"))}  # epoch 1 of each holds the tracing
     results = [fit({**c, "seed": c.get("seed", i)}, job["epochs"], splits) for i, c in enumerate(job["configs"])]
     return {"train_s": sum(sum(r["epoch_s"]) for r in results), "wall_s": time.perf_counter() - start}
 

@@ -112,6 +112,9 @@ def run(
     is loaded here, once per process).
     """
     seed = int(config["seed"])
+    # A reused trial process keeps TensorFlow (and its GPU memory pool) alive across trials;
+    # clearing Keras' global state lets the last trial's model and graphs be freed into it.
+    keras.backend.clear_session()
     keras.utils.set_random_seed(seed)
     loader_args = {k: v for k, v in dataset_args.items() if k not in datasets.COMMON_PARAMETERS}
     common = {**datasets.COMMON_PARAMETERS, **dataset_args}
