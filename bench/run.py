@@ -151,11 +151,16 @@ def main(argv=None) -> dict:
     # The contenders take turns, `repeats` times, and the medians count: a shared 2-CPU machine
     # has slow spells that would otherwise land on whichever ran at the time.
     runs = {"bnsearch": [], "bnsearch_untracked": [], "bare": [], "optuna": []}
-    for _ in range(repeats):
-        runs["bnsearch"].append(bnsearch_run(short_n, short_epochs))
-        runs["bnsearch_untracked"].append(bnsearch_run(short_n, short_epochs, track=False))
-        runs["bare"].append(bare_runs(short_n, short_epochs))
-        runs["optuna"].append(optuna_peer(short_n, short_epochs))
+    contenders = {
+        "bnsearch": lambda: bnsearch_run(short_n, short_epochs),
+        "bnsearch_untracked": lambda: bnsearch_run(short_n, short_epochs, track=False),
+        "bare": lambda: bare_runs(short_n, short_epochs),
+        "optuna": lambda: optuna_peer(short_n, short_epochs),
+    }
+    for r in range(repeats):
+        order = list(contenders) if r % 2 == 0 else list(reversed(contenders))  # no one always goes first
+        for name in order:
+            runs[name].append(contenders[name]())
     short = {name: median_run(samples) for name, samples in runs.items()}
     short["bare"]["sequential_wall_s"] = bare_sequential(short_n, short_epochs)
     figures["short"] = {"trials": short_n, "epochs": short_epochs, "repeats": repeats, **short, "samples": runs}
