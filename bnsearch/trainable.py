@@ -62,6 +62,10 @@ def run_name(config: dict) -> str:
 
 def train_trial(config: dict, setup: TrialSetup) -> None:
     """The Tune function trainable: one Keras training, tracked in its own MLflow child run."""
+    # When this process is reused for the next trial, Tune waits this long (default 2 s) for the
+    # last trial's thread to unwind, else fails the new trial; unwinding a stopped Keras fit
+    # (MobileNetV2 on a busy CPU) can take longer. Read in this process at reset time.
+    os.environ["TUNE_FUNCTION_THREAD_TIMEOUT_S"] = "60"
     from bnsearch import train  # TensorFlow loads here, in the worker
 
     key = trial_key(setup.sweep_id, config, tune.get_context().get_trial_id())
