@@ -274,7 +274,7 @@ def run_phase(sweep: Sweep, phase: str, *, tracker: tracking.SweepTracker, sweep
     """
     start = time.perf_counter()
     search.quiet()
-    # Checkpointing every epoch is the point (trials resume from it); Tune's warning about it is noise.
+    # Frequent checkpoints are deliberate (trials resume from them); Tune's warning about them is noise.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if not ray.is_initialized():
         ray.init(address=address, logging_level="WARNING", include_dashboard=False, log_to_driver=False,
