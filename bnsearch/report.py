@@ -208,7 +208,7 @@ def _search(table: pd.DataFrame, arms: list[str], spec: dict[str, Any], out: Pat
 
 
 def _search_config(row: pd.Series) -> dict[str, Any]:
-    config = {k.removeprefix("config."): v for k, v in row.items() if k.startswith("config.") and not _missing(v)}
+    config = results.config_of(row)
     for name in [k for k in config if k.startswith("one_minus_")]:  # searched on this scale
         config.pop(name.removeprefix("one_minus_"), None)
     return config
@@ -293,7 +293,7 @@ def _axis(values: list) -> tuple[list[float], str, str]:
     category ranks), with labels for the bottom and top of the axis."""
     if not values:
         return [], "", ""
-    if all(isinstance(v, (int, float)) and not isinstance(v, bool) and not _missing(v) for v in values):
+    if all(isinstance(v, (int, float)) and not isinstance(v, bool) and not results.missing(v) for v in values):
         x = np.asarray(values, dtype=float)
         low, high = f"{x.min():.3g}", f"{x.max():.3g}"
         if x.min() > 0 and x.max() / x.min() >= 10:
@@ -376,6 +376,3 @@ def _fmt(value: Any) -> Any:
         return "-" if math.isnan(value) else f"{value:.4g}"
     return value
 
-
-def _missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))

@@ -96,13 +96,16 @@ def best_configs(table: pd.DataFrame, arms: list[str], metric: str, mode: str) -
         pool = finished if len(finished) else trials
         if pool.empty:
             raise LookupError(f"arm {arm!r} has no search trial that finished without diverging")
-        row = pool.loc[pool[metric].idxmax() if mode == "max" else pool[metric].idxmin()]
-        best[arm] = {k.removeprefix("config."): _config_value(v) for k, v in row.items()
-                     if k.startswith("config.") and not _missing(v)}
+        best[arm] = config_of(pool.loc[pool[metric].idxmax() if mode == "max" else pool[metric].idxmin()])
     return best
 
 
-def _missing(value: Any) -> bool:
+def config_of(row: pd.Series) -> dict[str, Any]:
+    """A table row's trial configuration, typed again, without the parameters it lacks."""
+    return {k.removeprefix("config."): _config_value(v) for k, v in row.items() if k.startswith("config.") and not missing(v)}
+
+
+def missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and value != value)
 
 
