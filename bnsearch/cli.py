@@ -13,8 +13,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib.util
+import json
+import os
 import platform
 import re
+import socket
 import sys
 import time
 from collections.abc import Sequence
@@ -52,15 +55,42 @@ def check_arguments(args: argparse.Namespace) -> None:
         problems.append(("--tracking-uri", f"must start with one of {', '.join(s + ':' for s in TRACKING_SCHEMES)}, got {args.tracking_uri!r}"))
     if args.address and not (args.address in ("auto", "local") or re.fullmatch(r"(ray://)?[\w.\-]+:\d+", args.address)):
         problems.append(("--address", f"must be 'auto', 'local', HOST:PORT or ray://HOST:PORT, got {args.address!r}"))
-    storage = Path(args.storage)
-    if storage.exists() and not storage.is_dir():
-        problems.append(("--storage", f"must be a directory, {args.storage!r} is a file"))
+    storage = storage_of(args.storage)
+    if isinstance(storage, Path) and storage.exists() and not storage.is_dir():
+        problems.append(("--storage", f"must be a directory, {str(storage)!r} is a file"))
     if args.sweep_id and "search" in PHASE_CHOICES[args.phase]:
         problems.append(("--sweep-id", f"continues a recorded sweep, so it goes with --phase replicate or report, not {args.phase}"))
     if args.seeds is not None and args.seeds < 2:
         problems.append(("--seeds", f"must be a whole number >= 2 (statistics need two seeds per arm), got {args.seeds}"))
     if problems:
         raise SpecError(problems)
+
+
+def storage_of(value: str | None) -> str | Path:
+    """``--storage``, else ``$BNSEARCH_STORAGE`` (what a cluster sets on every node), else
+    ./bnsearch-results: a local directory, or a URI Tune writes to (s3://, gs://)."""
+    value = value or os.environ.get("BNSEARCH_STORAGE") or DEFAULT_STORAGE
+    return value if "://" in value else Path(value).resolve()
+
+
+def local_dir(storage: str | Path) -> Path:
+    """Where the local MLflow store and reports go: the storage directory, or ./bnsearch-results
+    when Tune's storage is a URI."""
+    return storage if isinstance(storage, Path) else Path(DEFAULT_STORAGE).resolve()
+
+
+def driver_alive(tags: dict[str, str]) -> bool:
+    """Whether the driver that tagged a sweep still runs. One on another host cannot be
+    checked from here, so it counts as gone: resuming is the user's explicit rerun."""
+    if tags.get("driver_host") != socket.gethostname():
+        return False
+    try:
+        os.kill(int(tags.get("driver_pid", 0)) or -1, 0)
+    except (ProcessLookupError, ValueError):
+        return False
+    except PermissionError:
+        pass
+    return True
 
 
 def versions() -> dict[str, str]:
@@ -83,8 +113,9 @@ def _run(args: argparse.Namespace) -> int:
 
     from bnsearch import phases, tracking  # MLflow loads only after validation
 
-    storage = Path(args.storage).resolve()
-    tracking_uri = tracking.resolve_tracking_uri(args.tracking_uri, storage)
+    storage = storage_of(args.storage)
+    local = local_dir(storage)
+    tracking_uri = tracking.resolve_tracking_uri(args.tracking_uri, local)
     experiment = sweep.name + ("-dry-run" if args.dry_run else "")
     sweep = sweep.replace(name=experiment)
     chosen = PHASE_CHOICES[args.phase]
@@ -92,11 +123,16 @@ def _run(args: argparse.Namespace) -> int:
                    "comparisons": [dataclasses.asdict(c) for c in sweep.declared_comparisons()]}
     if "search" in chosen:
         # The driver creates the store, experiment and parent run before any trial starts.
-        storage.mkdir(parents=True, exist_ok=True)
-        tracker = tracking.SweepTracker(tracking_uri, experiment, artifact_root=tracking.local_artifact_root(tracking_uri, storage))
-        sweep_id = f"{experiment}-{time.strftime('%Y%m%d-%H%M%S')}"
+        local.mkdir(parents=True, exist_ok=True)
+        tracker = tracking.SweepTracker(tracking_uri, experiment, artifact_root=tracking.local_artifact_root(tracking_uri, local))
+        # The same command after a killed driver resumes its sweep (Tune restore, same MLflow runs).
+        sweep_id = tracker.unfinished_sweep(json.loads(json.dumps(spec_record)), driver_alive)
+        if sweep_id:
+            print(f"bnsearch: resuming sweep {sweep_id}, whose driver stopped before it finished", flush=True)
+        else:
+            sweep_id = f"{experiment}-{time.strftime('%Y%m%d-%H%M%S')}"
     else:
-        tracker, sweep_id = existing_sweep(tracking_uri, storage, experiment, args.sweep_id,
+        tracker, sweep_id = existing_sweep(tracking_uri, local, experiment, args.sweep_id,
                                            "--phase", f"{args.phase} continues a sweep; run --phase search (or all) first")
     tracker.start_sweep(
         sweep_id,
@@ -104,7 +140,7 @@ def _run(args: argparse.Namespace) -> int:
                 "arms": list(sweep.arms()), "trials_per_arm": sweep.budget.trials_per_arm,
                 "max_epochs": sweep.budget.max_epochs, "sampler": sweep.budget.sampler,
                 "early_stopping": sweep.budget.early_stopping, "search_seed": sweep.budget.search_seed},
-        tags={"dry_run": str(args.dry_run).lower()},
+        tags={"dry_run": str(args.dry_run).lower(), "driver_host": socket.gethostname(), "driver_pid": str(os.getpid())},
         artifacts={"spec.json": spec_record, "versions.json": versions()},
     )
     print(f"bnsearch: sweep {sweep_id}, phases {', '.join(chosen)}: {len(sweep.arms())} arms x "
@@ -112,23 +148,24 @@ def _run(args: argparse.Namespace) -> int:
           f"up to {sweep.budget.max_epochs} epochs each; tracking {tracking_uri}", flush=True)
     ok = False
     try:
-        ok = phases.run(sweep, chosen, tracker=tracker, sweep_id=sweep_id, storage=storage, spec_record=spec_record,
+        ok = phases.run(sweep, chosen, tracker=tracker, sweep_id=sweep_id, storage=str(storage), spec_record=spec_record,
+                        report_dir=local / sweep_id / "report",
                         address=None if args.address in (None, "local") else args.address,
                         run_tags={"dry_run": str(args.dry_run).lower()})
     finally:
         tracker.end_sweep(ok)
-    print(where(tracking_uri, tracker.experiment_id, tracker.parent_run_id, storage / sweep_id))
+    print(where(tracking_uri, tracker.experiment_id, tracker.parent_run_id, f"{storage}/{sweep_id}"))
     return 0 if ok else 1
 
 
 def _report(args: argparse.Namespace) -> int:
     from bnsearch import phases, tracking
 
-    storage = Path(args.storage).resolve()
-    tracking_uri = tracking.resolve_tracking_uri(args.tracking_uri, storage)
-    tracker, sweep_id = existing_sweep(tracking_uri, storage, args.experiment, args.sweep_id, "experiment")
-    print(phases.make_report(tracker, tracker.read_json("spec.json"), storage / sweep_id / "report"))
-    print(where(tracking_uri, tracker.experiment_id, tracker.parent_run_id, storage / sweep_id))
+    local = local_dir(storage_of(args.storage))
+    tracking_uri = tracking.resolve_tracking_uri(args.tracking_uri, local)
+    tracker, sweep_id = existing_sweep(tracking_uri, local, args.experiment, args.sweep_id, "experiment")
+    print(phases.make_report(tracker, tracker.read_json("spec.json"), local / sweep_id / "report"))
+    print(where(tracking_uri, tracker.experiment_id, tracker.parent_run_id, f"{local}/{sweep_id}"))
     return 0
 
 
@@ -145,7 +182,7 @@ def existing_sweep(tracking_uri: str, storage: Path, experiment: str, sweep_id: 
         raise SpecError([(field, f"{error}{'; ' + hint if hint else ''}")]) from None
 
 
-def where(tracking_uri: str, experiment_id: str, parent_run_id: str, results: Path) -> str:
+def where(tracking_uri: str, experiment_id: str, parent_run_id: str, results: str) -> str:
     runs = f"#/experiments/{experiment_id}/runs"
     ui = (f"mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1 --port 5000, then http://127.0.0.1:5000/{runs}"
           if not tracking_uri.startswith("http") else f"{tracking_uri}/{runs}")
@@ -172,7 +209,7 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--dry-run", action="store_true", help="same code path, tiny budget, offline dataset")
     run.add_argument("--address", help="Ray cluster to join: auto, HOST:PORT or ray://HOST:PORT (default: start a local one)")
     run.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else SQLite under --storage)")
-    run.add_argument("--storage", default=DEFAULT_STORAGE, help=f"results directory: Tune runs, checkpoints, local MLflow store (default: ./{DEFAULT_STORAGE})")
+    run.add_argument("--storage", help=f"results directory or URI (s3://...): Tune runs, checkpoints, local MLflow store (default: $BNSEARCH_STORAGE, else ./{DEFAULT_STORAGE})")
     run.add_argument("--seeds", type=int, help="replicate seeds per arm (default: the sweep's budget.seeds)")
     run.add_argument("--phase", choices=tuple(PHASE_CHOICES), default="all",
                      help="search, replicate or report (these two continue the latest sweep, or --sweep-id), or all (default)")
@@ -182,7 +219,7 @@ def parser() -> argparse.ArgumentParser:
     report.add_argument("experiment", help="MLflow experiment name, e.g. bn_vs_none or bn_vs_none-dry-run")
     report.add_argument("--sweep-id", help="which sweep of the experiment (default: the latest)")
     report.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else SQLite under --storage)")
-    report.add_argument("--storage", default=DEFAULT_STORAGE, help="where the local store is and the report is written")
+    report.add_argument("--storage", help=f"where the local store is and the report is written (default: $BNSEARCH_STORAGE, else ./{DEFAULT_STORAGE})")
     report.set_defaults(func=_report)
     validate = commands.add_parser("validate", help="check sweep files (full and dry-run sizes) without running them")
     validate.add_argument("sweeps", nargs="+")

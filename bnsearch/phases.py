@@ -34,16 +34,19 @@ def replicate_configs(best: dict[str, dict[str, Any]], seeds: int) -> list[dict[
 
 
 def run(sweep: Sweep, phases: Sequence[str], *, tracker: tracking.SweepTracker, sweep_id: str, storage: str | Path,
-        spec_record: dict[str, Any], address: str | None = None, run_tags: dict[str, str] | None = None,
-        echo: Callable[[str], None] = print) -> bool:
+        spec_record: dict[str, Any], report_dir: Path, address: str | None = None,
+        run_tags: dict[str, str] | None = None, echo: Callable[[str], None] = print) -> bool:
     """Run ``phases`` of ``sweep`` in order; the parent run must be open on ``tracker``.
     Returns whether every trial ended without a crash."""
     from bnsearch import trainable  # Ray loads only when a phase trains
 
     ok = True
-    if "search" in phases:
+    if "search" in phases and tracker.tags().get("search") == "done":
+        echo("bnsearch: the search phase of this sweep is done already")
+    elif "search" in phases:
         outcome = trainable.run_phase(sweep, "search", tracker=tracker, sweep_id=sweep_id, storage=str(storage),
                                       address=address, run_tags=run_tags)
+        tracker.set_tags({"search": "done"})  # a resumed sweep goes on with the replicate phase
         echo(summary(outcome))
         ok &= outcome.ok
     if "replicate" in phases:
@@ -56,12 +59,14 @@ def run(sweep: Sweep, phases: Sequence[str], *, tracker: tracking.SweepTracker, 
              f"{len(todo)} runs to go, {len(done)} already finished")
         if todo:
             full_budget = sweep.replace(budget=dataclasses.replace(sweep.budget, early_stopping=False))
+            # Named by the seed count: a killed driver's rerun restores this Tune run; more seeds start another.
             outcome = trainable.run_phase(full_budget, "replicate", tracker=tracker, sweep_id=sweep_id, storage=str(storage),
-                                          address=address, run_tags=run_tags, configs=todo)
+                                          address=address, run_tags=run_tags, configs=todo,
+                                          name=f"{sweep_id}-replicate-seeds{sweep.budget.seeds}")
             echo(summary(outcome))
             ok &= outcome.ok
     if "report" in phases:
-        echo(make_report(tracker, spec_record, Path(storage) / sweep_id / "report"))
+        echo(make_report(tracker, spec_record, report_dir))
     return ok
 
 

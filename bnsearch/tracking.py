@@ -14,7 +14,7 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +117,18 @@ class SweepTracker:
     def end_sweep(self, ok: bool) -> None:
         self.client.set_terminated(self.parent_run_id, "FINISHED" if ok else "FAILED")
 
+    def unfinished_sweep(self, spec: Mapping[str, Any], alive: Callable[[Mapping[str, str]], bool]) -> str | None:
+        """The latest sweep of this experiment that its driver never closed (a driver that
+        ends, even by an exception, closes its parent run; a killed one cannot), if it was
+        started from the same spec and ``alive(tags)`` says its driver is gone; else None."""
+        runs = self.client.search_runs([self.experiment_id], filter_string="tags.role = 'sweep' and attributes.status = 'RUNNING'",
+                                       order_by=["attributes.start_time DESC"], max_results=1)
+        if not runs or alive(runs[0].data.tags):
+            return None
+        with tempfile.TemporaryDirectory() as tmp:
+            recorded = json.loads(Path(self.client.download_artifacts(runs[0].info.run_id, "spec.json", tmp)).read_text())
+        return runs[0].data.tags["sweep_id"] if recorded == json.loads(json.dumps(spec)) else None
+
     def open_sweep(self, sweep_id: str | None = None) -> str:
         """Attach to an existing sweep's parent run (the latest one when ``sweep_id`` is None);
         return its sweep id."""
@@ -158,6 +170,10 @@ class SweepTracker:
     def log_files(self, directory: str | Path) -> None:
         """Log every file under ``directory`` on the parent run, keeping relative paths."""
         self.client.log_artifacts(self.parent_run_id, str(directory))
+
+    def tags(self) -> dict[str, str]:
+        """The parent run's tags."""
+        return dict(self.client.get_run(self.parent_run_id).data.tags)
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         for key, value in tags.items():

@@ -199,36 +199,31 @@ class ArmScheduler(FIFOScheduler):
         return "ASHA per arm: " + "; ".join(f"{arm}: {s.debug_string()}" for arm, s in self.schedulers.items())
 
 
+def trial_status(last_result: dict | None, max_epochs: int, errored: bool = False) -> str:
+    """How a trial ended, from its last reported result."""
+    last = last_result or {}
+    if errored:
+        return "failed"
+    if last.get("diverged"):
+        return "diverged"
+    return "finished" if last.get("epoch", 0) >= max_epochs else "stopped_early"
+
+
 class CloseTrialRuns(tune.Callback):
     """Driver side: give every trial's MLflow run its final status once Tune is done with it."""
 
-    def __init__(self, tracker: tracking.SweepTracker | None, sweep_id: str, sweep: Sweep):
-        self.tracker, self.sweep_id = tracker, sweep_id
-        self.max_epochs, self.metric, self.mode = sweep.budget.max_epochs, sweep.metric, sweep.mode
-        self.trials: dict[str, dict] = {}
+    def __init__(self, tracker: tracking.SweepTracker, sweep_id: str, max_epochs: int):
+        self.tracker, self.sweep_id, self.max_epochs = tracker, sweep_id, max_epochs
 
-    def _close(self, trial, status: str) -> None:
-        self.trials[trial.trial_id] = {
-            "arm": trial.config["arm"], "trial_index": trial.config["trial_index"], "status": status,
-            "epochs": int((trial.last_result or {}).get("epoch", 0)),
-            "train_time_s": float((trial.last_result or {}).get("train_time_s", 0.0)),
-            "best": trial.metric_analysis.get(self.metric, {}).get(self.mode),
-        }
-        if self.tracker:
-            self.tracker.close_trial(trial_key(self.sweep_id, trial.config, trial.trial_id), status, run_name(trial.config))
+    def _close(self, trial, errored: bool) -> None:
+        status = trial_status(trial.last_result, self.max_epochs, errored)
+        self.tracker.close_trial(trial_key(self.sweep_id, trial.config, trial.trial_id), status, run_name(trial.config))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        last = trial.last_result or {}
-        if last.get("diverged"):
-            status = "diverged"
-        elif last.get("epoch", 0) >= self.max_epochs:
-            status = "finished"
-        else:
-            status = "stopped_early"
-        self._close(trial, status)
+        self._close(trial, errored=False)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._close(trial, "failed")
+        self._close(trial, errored=True)
 
 
 @dataclass
@@ -266,11 +261,14 @@ def slots(cpu_per_trial: float, gpu_per_trial: float) -> int:
 
 def run_phase(sweep: Sweep, phase: str, *, tracker: tracking.SweepTracker, sweep_id: str, storage: str,
               address: str | None = None, run_tags: dict[str, str] | None = None,
-              configs: list[dict] | None = None, track: bool = True) -> PhaseOutcome:
+              configs: list[dict] | None = None, track: bool = True, name: str | None = None) -> PhaseOutcome:
     """Run one phase of ``sweep`` on Ray, every trial a child of ``tracker``'s parent run.
 
     ``search``: the per-arm Optuna studies with per-arm ASHA. ``replicate``: exactly
     ``configs`` (each with its arm, seed and trial index), full budget, no early stopping.
+    The Tune run ``name`` (default ``<sweep_id>-<phase>``) lives under ``storage``; if a killed
+    driver left it unfinished there, it is restored: finished trials stay finished, running ones
+    resume from their last checkpoint, and the searchers go on from their saved state.
     """
     start = time.perf_counter()
     search.quiet()
@@ -289,37 +287,55 @@ def run_phase(sweep: Sweep, phase: str, *, tracker: tracking.SweepTracker, sweep
         experiment_id=tracker.experiment_id, parent_run_id=tracker.parent_run_id, run_tags=dict(run_tags or {}),
         checkpoint_every_s=sweep.budget.checkpoint_every_s, arrays=arrays, track=track,
     )
-    if phase == "search":
-        total = len(sweep.arms()) * sweep.budget.trials_per_arm
-        searcher = ArmSearcher(sweep)
-        scheduler = ArmScheduler(sweep) if sweep.budget.early_stopping else FIFOScheduler()
+    trainable = tune.with_resources(tune.with_parameters(train_trial, setup=setup),
+                                    {"cpu": sweep.resources.cpu, "gpu": sweep.resources.gpu})
+    name = name or f"{sweep_id}-{phase}"
+    storage = storage if "://" in storage else os.path.abspath(storage)
+    if tune.Tuner.can_restore(f"{storage}/{name}"):
+        # The run config, callbacks and searcher state come back from the experiment's own files.
+        tuner = tune.Tuner.restore(f"{storage}/{name}", trainable=trainable)
     else:
-        total, searcher, scheduler = len(configs), FixedConfigs(configs), FIFOScheduler()
-    concurrency = sweep.budget.max_concurrent_trials or slots(sweep.resources.cpu, sweep.resources.gpu) or total
-    closer = CloseTrialRuns(tracker if track else None, sweep_id, sweep)
-    tuner = tune.Tuner(
-        tune.with_resources(tune.with_parameters(train_trial, setup=setup),
-                            {"cpu": sweep.resources.cpu, "gpu": sweep.resources.gpu}),
-        tune_config=tune.TuneConfig(
-            search_alg=searcher,
-            scheduler=scheduler,
-            num_samples=total,
-            max_concurrent_trials=min(concurrency, total),
-            reuse_actors=True,
-        ),
-        run_config=tune.RunConfig(
-            name=f"{sweep_id}-{phase}",
-            storage_path=os.path.abspath(storage),
-            callbacks=[closer],
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-            failure_config=tune.FailureConfig(max_failures=2),
-            verbose=1,
-        ),
-    )
+        if phase == "search":
+            total = len(sweep.arms()) * sweep.budget.trials_per_arm
+            searcher = ArmSearcher(sweep)
+            scheduler = ArmScheduler(sweep) if sweep.budget.early_stopping else FIFOScheduler()
+        else:
+            total, searcher, scheduler = len(configs), FixedConfigs(configs), FIFOScheduler()
+        concurrency = sweep.budget.max_concurrent_trials or slots(sweep.resources.cpu, sweep.resources.gpu) or total
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(
+                search_alg=searcher,
+                scheduler=scheduler,
+                num_samples=total,
+                max_concurrent_trials=min(concurrency, total),
+                reuse_actors=True,
+            ),
+            run_config=tune.RunConfig(
+                name=name,
+                storage_path=storage,
+                callbacks=[CloseTrialRuns(tracker, sweep_id, sweep.budget.max_epochs)] if track else [],
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+                failure_config=tune.FailureConfig(max_failures=2),
+                verbose=1,
+            ),
+        )
     try:
-        ok = not tuner.fit().errors
+        grid = tuner.fit()
     finally:
         if track:
             tracker.close_orphans()
-    trials = sorted(closer.trials.values(), key=lambda t: (t["arm"], t["trial_index"]))
-    return PhaseOutcome(phase, sweep.metric, sweep.mode, time.perf_counter() - start, trials, ok)
+    trials = sorted((_trial_summary(result, sweep) for result in grid), key=lambda t: (t["arm"], t["trial_index"]))
+    return PhaseOutcome(phase, sweep.metric, sweep.mode, time.perf_counter() - start, trials, not grid.errors)
+
+
+def _trial_summary(result, sweep: Sweep) -> dict:
+    history = result.metrics_dataframe
+    values = history[sweep.metric].dropna() if history is not None and sweep.metric in history else []
+    return {
+        "arm": result.config["arm"], "trial_index": result.config["trial_index"],
+        "status": trial_status(result.metrics, sweep.budget.max_epochs, errored=result.error is not None),
+        "epochs": int((result.metrics or {}).get("epoch", 0)),
+        "train_time_s": float((result.metrics or {}).get("train_time_s", 0.0)),
+        "best": float(values.max() if sweep.mode == "max" else values.min()) if len(values) else None,
+    }
