@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib.util
-import json
 import os
 import platform
 import re
@@ -126,7 +125,7 @@ def _run(args: argparse.Namespace) -> int:
         local.mkdir(parents=True, exist_ok=True)
         tracker = tracking.SweepTracker(tracking_uri, experiment, artifact_root=tracking.local_artifact_root(tracking_uri, local))
         # The same command after a killed driver resumes its sweep (Tune restore, same MLflow runs).
-        sweep_id = tracker.unfinished_sweep(json.loads(json.dumps(spec_record)), driver_alive)
+        sweep_id = tracker.unfinished_sweep(spec_record, driver_alive)
         if sweep_id:
             print(f"bnsearch: resuming sweep {sweep_id}, whose driver stopped before it finished", flush=True)
         else:

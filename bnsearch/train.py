@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Mapping
@@ -34,16 +35,56 @@ STEPS_PER_EXECUTION = 8
 # batches): enough for per-channel means to ~1% of a standard deviation, and a fraction of an
 # epoch for MobileNetV2 on CIFAR-10.
 DIAGNOSTIC_SAMPLES, DIAGNOSTIC_BATCH = 10_000, 500
+# GPU memory a TensorFlow process uses outside its allocator's limit (CUDA context, cuDNN and
+# cuBLAS handles), taken off each fractional trial's share so that four 0.25 trials fit.
+GPU_PROCESS_OVERHEAD_MB = 1024
 
 
-def setup_tensorflow(cpu_threads: int | None = None) -> None:
-    """Pin TensorFlow's thread pools to the trial's CPU share; call before any TF work."""
-    if cpu_threads:
-        try:
+def setup_tensorflow(cpu_threads: int | None = None, gpu_share: float = 0) -> None:
+    """Pin TensorFlow's thread pools to the trial's CPU share and, with a fractional GPU,
+    its memory to the trial's share of the GPU; call before any TF work."""
+    try:
+        if cpu_threads:
             tf.config.threading.set_intra_op_parallelism_threads(cpu_threads)
             tf.config.threading.set_inter_op_parallelism_threads(min(2, cpu_threads))
-        except RuntimeError:  # already initialised in this (reused) worker: keep what it has
-            pass
+        if 0 < gpu_share < 1:
+            limit_gpu_memory(gpu_share)
+    except RuntimeError:  # already initialised in this (reused) worker: keep what it has
+        pass
+
+
+def gpu_memory_limit_mb(share: float, total_mb: int, overhead_mb: int = GPU_PROCESS_OVERHEAD_MB) -> int:
+    """TensorFlow's memory limit for a trial given ``share`` of a GPU of ``total_mb``."""
+    limit = int(share * total_mb) - overhead_mb
+    if limit < 256:
+        raise ValueError(f"a {share} share of a {total_mb} MB GPU leaves {limit} MB for TensorFlow; give trials a larger gpu share")
+    return limit
+
+
+def gpu_total_mb(device_id: str) -> int:
+    """The memory of a GPU by its CUDA id or UUID (what Ray puts in CUDA_VISIBLE_DEVICES);
+    nvidia-smi answers without initialising CUDA in this process."""
+    out = subprocess.run(["nvidia-smi", "-i", device_id, "--query-gpu=memory.total", "--format=csv,noheader,nounits"],
+                         capture_output=True, text=True, check=True).stdout
+    return int(out.split()[0])
+
+
+def limit_gpu_memory(share: float) -> None:
+    """Ray's fractional GPUs are accounting only: without a limit, the first TensorFlow trial
+    on a GPU takes nearly all its memory and the next ones fail with out-of-memory. Give each
+    visible GPU one logical device capped at this trial's share."""
+    gpus = tf.config.list_physical_devices("GPU")
+    if not gpus:
+        return
+    visible = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d]
+    for i, gpu in enumerate(gpus):
+        try:
+            total = gpu_total_mb(visible[i] if i < len(visible) else str(i))
+        except (OSError, subprocess.CalledProcessError, ValueError, IndexError):
+            tf.config.experimental.set_memory_growth(gpu, True)  # no size known: at least grow on demand
+            continue
+        limit = gpu_memory_limit_mb(share, total)
+        tf.config.set_logical_device_configuration(gpu, [tf.config.LogicalDeviceConfiguration(memory_limit=limit)])
 
 
 def environment() -> dict[str, str]:

@@ -78,3 +78,45 @@ def test_checkpoints_are_spaced_by_time():
     _, rec = fit(epochs=4, checkpoint_every_s=3600)  # none due within the hour: the epochs report without one
     assert [files for _, files in rec.reports] == [None] * 4
     assert [m["epoch"] for m, _ in rec.reports] == [1, 2, 3, 4]
+
+
+def test_a_fractional_gpu_share_becomes_a_tensorflow_memory_limit():
+    assert train.gpu_memory_limit_mb(0.25, 16_384) == 4096 - train.GPU_PROCESS_OVERHEAD_MB
+    assert train.gpu_memory_limit_mb(0.5, 81_559, overhead_mb=0) == 40_779
+    # four 0.25 trials and their CUDA contexts fit in the GPU
+    assert 4 * (train.gpu_memory_limit_mb(0.25, 15_360) + train.GPU_PROCESS_OVERHEAD_MB) <= 15_360
+    with pytest.raises(ValueError, match="larger gpu share"):
+        train.gpu_memory_limit_mb(0.05, 16_384)
+
+
+@pytest.fixture
+def fake_gpus(monkeypatch):
+    """Two GPUs seen by TensorFlow, and what limit_gpu_memory asks of them."""
+    calls = {"queried": [], "limits": {}, "growth": []}
+    monkeypatch.setattr(train.tf.config, "list_physical_devices", lambda kind: ["gpu:0", "gpu:1"] if kind == "GPU" else [])
+    monkeypatch.setattr(train.tf.config, "set_logical_device_configuration",
+                        lambda gpu, configs: calls["limits"].setdefault(gpu, [c.memory_limit for c in configs]))
+    monkeypatch.setattr(train.tf.config.experimental, "set_memory_growth", lambda gpu, on: calls["growth"].append(gpu))
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,GPU-5e1b")  # what Ray sets: ids of the GPUs this trial was given
+    return calls
+
+
+def test_limit_gpu_memory_caps_every_visible_gpu_by_its_own_size(fake_gpus, monkeypatch):
+    sizes = {"3": 16_384, "GPU-5e1b": 24_576}
+    monkeypatch.setattr(train, "gpu_total_mb", lambda device: fake_gpus["queried"].append(device) or sizes[device])
+    train.setup_tensorflow(gpu_share=0.25)
+    assert fake_gpus["queried"] == ["3", "GPU-5e1b"]
+    assert fake_gpus["limits"] == {"gpu:0": [train.gpu_memory_limit_mb(0.25, 16_384)],
+                                   "gpu:1": [train.gpu_memory_limit_mb(0.25, 24_576)]}
+
+
+def test_without_nvidia_smi_gpus_grow_on_demand_and_whole_gpus_are_left_alone(fake_gpus, monkeypatch):
+    def no_nvidia_smi(device):
+        raise FileNotFoundError("nvidia-smi")
+
+    monkeypatch.setattr(train, "gpu_total_mb", no_nvidia_smi)
+    train.setup_tensorflow(gpu_share=0.5)
+    assert fake_gpus["growth"] == ["gpu:0", "gpu:1"] and not fake_gpus["limits"]
+    for whole in (0, 1):
+        train.setup_tensorflow(gpu_share=whole)
+    assert fake_gpus["growth"] == ["gpu:0", "gpu:1"] and not fake_gpus["limits"]
