@@ -39,6 +39,7 @@ class TrialSetup:
     dataset_args: dict
     max_epochs: int
     cpu: float
+    gpu: float
     tracking_uri: str
     experiment_id: str
     parent_run_id: str
@@ -75,7 +76,7 @@ def train_trial(config: dict, setup: TrialSetup) -> None:
         tags={"arm": config["arm"], "phase": config["phase"], "seed": str(config["seed"]), "sweep_id": setup.sweep_id,
               **setup.run_tags, **train.environment()},
     )
-    train.setup_tensorflow(max(1, int(setup.cpu)))
+    train.setup_tensorflow(max(1, int(setup.cpu)), gpu_share=setup.gpu)
 
     def report(metrics: dict, checkpoint_dir: str | None) -> None:
         if run:
@@ -283,7 +284,7 @@ def run_phase(sweep: Sweep, phase: str, *, tracker: tracking.SweepTracker, sweep
     arrays = _load_dataset.remote(sweep.dataset, loader_args)
     setup = TrialSetup(
         sweep_id=sweep_id, model=sweep.model, dataset=sweep.dataset, dataset_args=dict(sweep.dataset_args),
-        max_epochs=sweep.budget.max_epochs, cpu=sweep.resources.cpu, tracking_uri=tracker.tracking_uri,
+        max_epochs=sweep.budget.max_epochs, cpu=sweep.resources.cpu, gpu=sweep.resources.gpu, tracking_uri=tracker.tracking_uri,
         experiment_id=tracker.experiment_id, parent_run_id=tracker.parent_run_id, run_tags=dict(run_tags or {}),
         checkpoint_every_s=sweep.budget.checkpoint_every_s, arrays=arrays, track=track,
     )
