@@ -26,6 +26,7 @@ PARENT_RUN_NAME = "sweep"
 STATUSES = ("running", "finished", "stopped_early", "diverged", "failed")
 # What MLflow's own run status says for each of ours: only a crash is FAILED.
 _RUN_STATUS = {"finished": "FINISHED", "stopped_early": "FINISHED", "diverged": "FINISHED", "failed": "FAILED"}
+COMPLETED = ("finished", "stopped_early", "diverged")
 
 
 DEFAULT_STORAGE = "bnsearch-results"
@@ -100,6 +101,8 @@ class SweepTracker:
         run = _find_run(self.client, self.experiment_id, trial_key=trial_key)
         if run is None:
             run = TrialRun.open(self.tracking_uri, self.experiment_id, self.parent_run_id, trial_key, run_name or trial_key).run
+        elif run.info.status != "RUNNING" and run.data.tags.get("status") == status:
+            return  # closed already (a trial replayed after a driver restart): keep its end time
         self.client.set_tag(run.info.run_id, "status", status)
         self.client.set_terminated(run.info.run_id, _RUN_STATUS[status])
 
@@ -199,9 +202,18 @@ class TrialRun:
             run = client.create_run(experiment_id, run_name=run_name, tags=all_tags)
             if params:
                 client.log_batch(run.info.run_id, params=_params(params))
-        elif run.info.status != RunStatus.to_string(RunStatus.RUNNING):
+        elif run.info.status != RunStatus.to_string(RunStatus.RUNNING) and run.data.tags.get("status") not in COMPLETED:
             client.update_run(run.info.run_id, status="RUNNING")
         return cls(client, run)
+
+    @property
+    def completed(self) -> bool:
+        """Whether this trial already ran to its end (a crash does not count)."""
+        return self.run.data.tags.get("status") in COMPLETED
+
+    def final_metrics(self) -> dict[str, float]:
+        """The last value of every metric the trial logged."""
+        return dict(self.run.data.metrics)
 
     def log_epoch(self, step: int, metrics: Mapping[str, float]) -> None:
         """One batched request per epoch. A retried request repeats identical rows (same

@@ -49,12 +49,15 @@ class TrialSetup:
     track: bool = True  # False only to measure what tracking costs (bench/)
 
 
-def trial_key(sweep_id: str, config: dict, trial_id: str) -> str:
-    """A trial's MLflow identity. A replicate trial is its arm and seed, so running it again
-    (after a crash, or ``--phase replicate`` once more) lands in the same run."""
+def trial_key(sweep_id: str, config: dict) -> str:
+    """A trial's MLflow identity: its arm and its place in that arm (search: trial index,
+    replicate: seed), never Tune's trial id. A driver killed after starting a trial but before
+    Tune saved it gets, on restore, the same suggestion from the restored searcher under a new
+    Tune id; keyed like this, it lands in the run the first attempt opened, as does a trial
+    retried from a checkpoint or a seed replicated again."""
     if config["phase"] == "replicate":
         return f"{sweep_id}/replicate/{config['arm']}/seed{config['seed']}"
-    return f"{sweep_id}/{config['phase']}/{trial_id}"
+    return f"{sweep_id}/{config['phase']}/{config['arm']}/trial{config['trial_index']}"
 
 
 def run_name(config: dict) -> str:
@@ -69,13 +72,18 @@ def train_trial(config: dict, setup: TrialSetup) -> None:
     os.environ["TUNE_FUNCTION_THREAD_TIMEOUT_S"] = "60"
     from bnsearch import train  # TensorFlow loads here, in the worker
 
-    key = trial_key(setup.sweep_id, config, tune.get_context().get_trial_id())
+    key = trial_key(setup.sweep_id, config)
     run = setup.track and tracking.TrialRun.open(
         setup.tracking_uri, setup.experiment_id, setup.parent_run_id, key, run_name(config),
         params={**config, "model": setup.model, "dataset": setup.dataset, **{f"dataset.{k}": v for k, v in setup.dataset_args.items()}},
         tags={"arm": config["arm"], "phase": config["phase"], "seed": str(config["seed"]), "sweep_id": setup.sweep_id,
               **setup.run_tags, **train.environment()},
     )
+    if run and run.completed:
+        # It ended after Tune's last snapshot of a driver that was then killed: hand Tune (and the
+        # searcher) what MLflow recorded instead of training it again.
+        tune.report(run.final_metrics())
+        return
     train.setup_tensorflow(max(1, int(setup.cpu)), gpu_share=setup.gpu)
 
     def report(metrics: dict, checkpoint_dir: str | None) -> None:
@@ -218,7 +226,7 @@ class CloseTrialRuns(tune.Callback):
 
     def _close(self, trial, errored: bool) -> None:
         status = trial_status(trial.last_result, self.max_epochs, errored)
-        self.tracker.close_trial(trial_key(self.sweep_id, trial.config, trial.trial_id), status, run_name(trial.config))
+        self.tracker.close_trial(trial_key(self.sweep_id, trial.config), status, run_name(trial.config))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._close(trial, errored=False)

@@ -38,7 +38,8 @@ def test_fixed_configs_hand_out_exactly_their_configs_then_finish(tmp_path):
     assert restored.suggest("b") == configs[1] and restored.suggest("c") is Searcher.FINISHED
 
 
-def test_replicate_trials_are_identified_by_arm_and_seed_search_trials_by_tune():
+def test_trials_are_identified_by_arm_and_seed_or_trial_index_never_by_tune_id():
     replicate = {"phase": "replicate", "arm": "before", "seed": 3}
-    assert trial_key("s", replicate, "t1") == trial_key("s", replicate, "t2") == "s/replicate/before/seed3"
-    assert trial_key("s", {"phase": "search", "arm": "before", "seed": 10_003}, "t1") == "s/search/t1"
+    assert trial_key("s", replicate) == "s/replicate/before/seed3"
+    search = {"phase": "search", "arm": "before", "seed": 10_003, "trial_index": 3}
+    assert trial_key("s", search) == "s/search/before/trial3" != trial_key("s", {**search, "arm": "none"})

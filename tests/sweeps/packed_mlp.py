@@ -1,0 +1,27 @@
+"""Question: none vs BN in an MLP on MNIST-1D, sized for the fault-tolerance tests: trials that
+checkpoint every epoch and run long enough (a few seconds) to be interrupted, two per GPU.
+
+Command:  bnsearch run tests/sweeps/packed_mlp.py --address <a cluster with GPUs>
+Cost:     2 arms x (3 search trials + 2 seeds) x 8 epochs, about a minute on 2 CPUs.
+"""
+
+from bnsearch.spec import Budget, Choice, LogUniform, Resources, Sweep
+
+
+def get_sweep(dry_run: bool = False) -> Sweep:
+    return Sweep(
+        name="packed_mlp",
+        model="mlp",
+        model_args={"hidden_sizes": (512, 512)},
+        dataset="mnist1d",
+        scientific={"bn_placement": ("none", "before")},
+        nuisance={"learning_rate": LogUniform(1e-3, 1e-1), "batch_size": Choice((8,))},
+        fixed={"optimizer": "adam"},
+        budget=Budget(trials_per_arm=3, max_epochs=8, early_stopping=False, seeds=2, checkpoint_every_s=0,
+                      sampler="random"),
+        resources=Resources(cpu=1, gpu=0.5),
+    )
+
+
+if __name__ == "__main__":
+    from bnsearch.cli import run_file; run_file(__file__)  # noqa: E702
