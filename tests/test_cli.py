@@ -79,3 +79,41 @@ def test_report_without_a_store_exits_2_and_creates_nothing(tmp_path):
     result = run_cli("report", "nothing-here", "--storage", "out", cwd=tmp_path)
     assert result.returncode == 2 and "bnsearch: error: experiment: no MLflow store at" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_storage_is_the_flag_else_bnsearch_storage_else_the_default(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("BNSEARCH_STORAGE", raising=False)
+    assert cli.storage_of(None) == tmp_path / cli.DEFAULT_STORAGE
+    monkeypatch.setenv("BNSEARCH_STORAGE", "s3://bucket/results")  # what a cluster sets on every node
+    assert cli.storage_of(None) == "s3://bucket/results" and cli.storage_of("here") == tmp_path / "here"
+    # Tune writes to the URI; the local store and reports stay in a local directory
+    assert cli.local_dir(cli.storage_of(None)) == tmp_path / cli.DEFAULT_STORAGE
+
+
+def test_a_sweep_is_resumed_only_when_its_driver_is_gone_and_its_spec_unchanged(tmp_path):
+    import os
+    import socket
+
+    from bnsearch import tracking
+
+    spec = {"name": "s", "arms": ["none", "before"], "budget": {"seeds": 3}}
+    tracker = tracking.SweepTracker(tracking.default_tracking_uri(tmp_path), "s")
+    tracker.start_sweep("s-1", params={}, tags={"driver_host": socket.gethostname(), "driver_pid": str(os.getpid())},
+                        artifacts={"spec.json": spec})
+    assert cli.driver_alive(tracker.tags())  # this process "is" the driver: still running, not resumable
+    assert tracker.unfinished_sweep(spec, cli.driver_alive) is None
+    gone = lambda tags: False  # noqa: E731
+    assert tracker.unfinished_sweep(spec, gone) == "s-1"
+    assert tracker.unfinished_sweep({**spec, "arms": ["none"]}, gone) is None  # a changed sweep starts afresh
+    tracker.end_sweep(ok=False)  # a driver that ended, even with an error, is not resumed
+    assert tracker.unfinished_sweep(spec, gone) is None
+
+
+def test_a_driver_on_another_host_or_with_a_dead_pid_counts_as_gone():
+    import socket
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
+    assert not cli.driver_alive({"driver_host": socket.gethostname(), "driver_pid": dead})
+    assert not cli.driver_alive({"driver_host": "elsewhere", "driver_pid": "1"})
+    assert not cli.driver_alive({})
