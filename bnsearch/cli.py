@@ -5,6 +5,7 @@ line per field and exit code 2, before Ray or MLflow is touched.
                                      [--address ADDR] [--tracking-uri URI] [--storage PATH] [--sweep-id ID]
     bnsearch report EXPERIMENT [--sweep-id ID] [--tracking-uri URI] [--storage PATH]
     bnsearch validate sweeps/*.py
+    bnsearch server [--host 127.0.0.1] [--port 5000] [--backend-store-uri URI] [--artifacts-destination URI] [--auth]
     python sweeps/placement.py --dry-run        # the same as `bnsearch run`
 """
 
@@ -115,6 +116,11 @@ def _run(args: argparse.Namespace) -> int:
     storage = storage_of(args.storage)
     local = local_dir(storage)
     tracking_uri = tracking.resolve_tracking_uri(args.tracking_uri, local)
+    unreachable = tracking.check_reachable(tracking_uri)
+    if unreachable:  # fail now, not after Ray has started and MLflow's client has retried for minutes
+        source = "--tracking-uri" if args.tracking_uri else "MLFLOW_TRACKING_URI"
+        raise SpecError([(source, f"no MLflow server answers at {tracking_uri} ({unreachable}); start one with "
+                                  "`bnsearch server` or point it at a running one")])
     experiment = sweep.name + ("-dry-run" if args.dry_run else "")
     sweep = sweep.replace(name=experiment)
     chosen = PHASE_CHOICES[args.phase]
@@ -192,6 +198,20 @@ def where(tracking_uri: str, experiment_id: str, parent_run_id: str, results: st
     ])
 
 
+def _server(args: argparse.Namespace) -> int:
+    from bnsearch import server
+
+    if not 0 < args.port < 65536:
+        raise SpecError([("--port", f"must be a TCP port, 1..65535, got {args.port}")])
+    if args.auth:
+        server.check_auth_environment()
+    local = local_dir(storage_of(args.storage))
+    backend = args.backend_store_uri or f"sqlite:///{local / 'mlflow.db'}"
+    if not re.match(rf"({'|'.join(TRACKING_SCHEMES)})(\+\w+)?:", backend) or backend.startswith("http"):
+        raise SpecError([("--backend-store-uri", f"must be a database URI (sqlite:, postgresql:, mysql:, mssql:), got {backend!r}")])
+    return server.serve(backend, args.artifacts_destination or str(local / "artifacts"), args.host, args.port, args.auth, local)
+
+
 def _validate(args: argparse.Namespace) -> int:
     for path in args.sweeps:
         for dry_run in (False, True):
@@ -220,6 +240,15 @@ def parser() -> argparse.ArgumentParser:
     report.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else SQLite under --storage)")
     report.add_argument("--storage", help=f"where the local store is and the report is written (default: $BNSEARCH_STORAGE, else ./{DEFAULT_STORAGE})")
     report.set_defaults(func=_report)
+    serve = commands.add_parser("server", help="run an MLflow tracking server for sweeps to log to (stops its whole process group on exit)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; 0.0.0.0 only inside a private network)")
+    serve.add_argument("--port", type=int, default=5000)
+    serve.add_argument("--backend-store-uri", help="database URI (default: SQLite mlflow.db under --storage)")
+    serve.add_argument("--artifacts-destination", help="where artifacts go, e.g. s3://bucket/mlflow (default: artifacts/ under --storage)")
+    serve.add_argument("--storage", help=f"local directory for the default store, artifacts and logs (default: $BNSEARCH_STORAGE, else ./{DEFAULT_STORAGE})")
+    serve.add_argument("--auth", action="store_true",
+                       help="basic auth: user admin, password $MLFLOW_AUTH_ADMIN_PASSWORD (12+ characters), needs $MLFLOW_FLASK_SERVER_SECRET_KEY")
+    serve.set_defaults(func=_server)
     validate = commands.add_parser("validate", help="check sweep files (full and dry-run sizes) without running them")
     validate.add_argument("sweeps", nargs="+")
     validate.set_defaults(func=_validate)

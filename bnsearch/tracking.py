@@ -12,17 +12,28 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import requests
 from mlflow.entities import Metric, Param, RunStatus
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 PARENT_RUN_NAME = "sweep"
+PENDING_FILE = "pending_metrics.json"
+MAX_METRICS_PER_BATCH = 1000  # MLflow's limit per log_batch request
+# A trial's client: about 10 s per request before its metrics wait for the next epoch.
+TRIAL_HTTP_SETTINGS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                       "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+# How long a trial or the driver keeps retrying a tracking server that does not answer.
+RETRY_TIMEOUT_S = float(os.environ.get("BNSEARCH_TRACKING_RETRY_TIMEOUT_S", 600))
+UNREACHABLE = (MlflowException, OSError, requests.RequestException)
 STATUSES = ("running", "finished", "stopped_early", "diverged", "failed")
 # What MLflow's own run status says for each of ours: only a crash is FAILED.
 _RUN_STATUS = {"finished": "FINISHED", "stopped_early": "FINISHED", "diverged": "FINISHED", "failed": "FAILED"}
@@ -45,6 +56,42 @@ def resolve_tracking_uri(uri: str | None = None, storage: str | Path = DEFAULT_S
 def local_artifact_root(tracking_uri: str, storage: str | Path) -> Path | None:
     """Artifacts of a local SQLite store live beside it; a tracking server decides its own."""
     return Path(storage).resolve() / "artifacts" if tracking_uri.startswith("sqlite:") else None
+
+
+def transient(error: Exception) -> bool:
+    """A server that is down or overloaded, not a request MLflow rejects as wrong."""
+    return not isinstance(error, MlflowException) or error.get_http_status_code() >= 500
+
+
+def with_retries(call: Callable[[], Any], what: str, timeout_s: float | None = None) -> Any:
+    """``call()``, retried with growing pauses while the tracking store does not answer."""
+    deadline = time.monotonic() + (RETRY_TIMEOUT_S if timeout_s is None else timeout_s)
+    pause = 1.0
+    while True:
+        try:
+            return call()
+        except UNREACHABLE as error:
+            if not transient(error) or time.monotonic() + pause > deadline:
+                raise RuntimeError(f"MLflow did not answer while {what}: {error}") from error
+            time.sleep(pause)
+            pause = min(pause * 2, 30.0)
+
+
+def check_reachable(tracking_uri: str, attempts: int = 3) -> str | None:
+    """None if a tracking server answers at ``tracking_uri`` (or it is a local store), else why not."""
+    if not tracking_uri.startswith(("http://", "https://")):
+        return None
+    reason = ""
+    for attempt in range(attempts):
+        try:
+            response = requests.get(f"{tracking_uri.rstrip('/')}/health", timeout=3)
+            if response.ok:
+                return None
+            reason = f"HTTP {response.status_code} from /health"
+        except requests.RequestException as error:
+            reason = type(error).__name__
+        time.sleep(attempt)
+    return reason
 
 
 def _find_run(client: MlflowClient, experiment_id: str, **tags: str):
@@ -98,6 +145,9 @@ class SweepTracker:
     def close_trial(self, trial_key: str, status: str, run_name: str = "") -> None:
         """Set a child run's final status (tag and MLflow status); create it if the trial
         died before it could."""
+        with_retries(lambda: self._close_trial(trial_key, status, run_name), f"closing the run of {trial_key}")
+
+    def _close_trial(self, trial_key: str, status: str, run_name: str) -> None:
         run = _find_run(self.client, self.experiment_id, trial_key=trial_key)
         if run is None:
             run = TrialRun.open(self.tracking_uri, self.experiment_id, self.parent_run_id, trial_key, run_name or trial_key).run
@@ -108,6 +158,9 @@ class SweepTracker:
 
     def close_orphans(self) -> int:
         """Mark child runs still RUNNING (their trial never reported an end) as failed."""
+        return with_retries(self._close_orphans, "closing orphaned runs")
+
+    def _close_orphans(self) -> int:
         runs = self.client.search_runs(
             [self.experiment_id],
             filter_string=f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{self.parent_run_id}' and attributes.status = 'RUNNING'",
@@ -184,16 +237,30 @@ class SweepTracker:
 
 
 class TrialRun:
-    """Trial side: the child run of one trial, found by its key or created under the parent."""
+    """Trial side: the child run of one trial, found by its key or created under the parent.
+
+    A tracking server that stops answering does not stop training: an epoch's metrics that
+    cannot be sent wait, and go with the next epoch's batch or with :meth:`flush`."""
 
     def __init__(self, client: MlflowClient, run):
         self.client, self.run = client, run
         self.run_id = run.info.run_id
+        self.pending: list[Metric] = []
+        self.warned = False
 
     @classmethod
     def open(cls, tracking_uri: str, experiment_id: str, parent_run_id: str | None, trial_key: str, run_name: str,
              params: Mapping[str, Any] | None = None, tags: Mapping[str, str] | None = None) -> TrialRun:
+        # Give up on one request within seconds rather than MLflow's minutes of retries: the
+        # epoch's metrics wait in `pending` and training goes on.
+        for name, value in TRIAL_HTTP_SETTINGS.items():
+            os.environ.setdefault(name, value)
         client = MlflowClient(tracking_uri)
+        return with_retries(lambda: cls._open(client, experiment_id, parent_run_id, trial_key, run_name, params, tags),
+                            f"opening the MLflow run of {trial_key}")
+
+    @classmethod
+    def _open(cls, client, experiment_id, parent_run_id, trial_key, run_name, params, tags) -> TrialRun:
         run = _find_run(client, experiment_id, trial_key=trial_key)
         if run is None:
             all_tags = {MLFLOW_RUN_NAME: run_name, "trial_key": trial_key, "status": "running", **(tags or {})}
@@ -216,7 +283,37 @@ class TrialRun:
         return dict(self.run.data.metrics)
 
     def log_epoch(self, step: int, metrics: Mapping[str, float]) -> None:
-        """One batched request per epoch. A retried request repeats identical rows (same
-        key, value, timestamp, step), which the store de-duplicates."""
+        """Send this epoch's metrics, and any an outage held back, in one batched request;
+        if the server does not answer, keep them for the next try. A resent batch repeats
+        identical rows (same key, value, timestamp, step), which the store keeps once."""
         timestamp = int(time.time() * 1000)
-        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), timestamp, step) for k, v in metrics.items()])
+        self.pending += [Metric(k, float(v), timestamp, step) for k, v in metrics.items()]
+        try:
+            self._send()
+        except UNREACHABLE as error:
+            if not transient(error):
+                raise
+            if not self.warned:
+                print(f"bnsearch: MLflow unreachable ({type(error).__name__}); training goes on, "
+                      f"{len(self.pending)} metric values held for the next try", file=sys.stderr, flush=True)
+                self.warned = True
+
+    def flush(self, timeout_s: float | None = None) -> None:
+        """Send everything held back, retrying until ``timeout_s``; then raise."""
+        with_retries(self._send, f"sending {len(self.pending)} held-back metric values of run {self.run_id}", timeout_s)
+
+    def save_pending(self, directory: str | Path) -> None:
+        """Keep what is held back in a checkpoint, so a trial resumed from it still sends it."""
+        rows = [[m.key, m.value, m.timestamp, m.step] for m in self.pending]
+        (Path(directory) / PENDING_FILE).write_text(json.dumps(rows))
+
+    def load_pending(self, directory: str | Path) -> None:
+        file = Path(directory) / PENDING_FILE
+        if file.is_file():
+            self.pending = [Metric(*row) for row in json.loads(file.read_text())] + self.pending
+
+    def _send(self) -> None:
+        while self.pending:
+            batch = self.pending[:MAX_METRICS_PER_BATCH]
+            self.client.log_batch(self.run_id, metrics=batch)
+            del self.pending[:len(batch)]

@@ -89,14 +89,24 @@ def train_trial(config: dict, setup: TrialSetup) -> None:
     def report(metrics: dict, checkpoint_dir: str | None) -> None:
         if run:
             run.log_epoch(int(metrics["epoch"]), metrics)  # log first: a reported epoch is a logged one
+            if checkpoint_dir:
+                run.save_pending(checkpoint_dir)  # held back by an outage: resumed with the checkpoint
+            if metrics["epoch"] >= setup.max_epochs or metrics.get("diverged"):
+                run.flush()  # the driver closes the run on this report: every epoch must be in by then
         checkpoint = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
         tune.report(metrics, checkpoint=checkpoint)
 
     checkpoint = tune.get_checkpoint()
-    with checkpoint.as_directory() if checkpoint else contextlib.nullcontext() as restore_dir:
-        train.run(config, model=setup.model, dataset=setup.dataset, dataset_args=setup.dataset_args,
-                  max_epochs=setup.max_epochs, report=report, restore_dir=restore_dir,
-                  checkpoint_every_s=setup.checkpoint_every_s, arrays=None if setup.arrays is None else ray.get(setup.arrays))
+    try:
+        with checkpoint.as_directory() if checkpoint else contextlib.nullcontext() as restore_dir:
+            if run and restore_dir:
+                run.load_pending(restore_dir)
+            train.run(config, model=setup.model, dataset=setup.dataset, dataset_args=setup.dataset_args,
+                      max_epochs=setup.max_epochs, report=report, restore_dir=restore_dir,
+                      checkpoint_every_s=setup.checkpoint_every_s, arrays=None if setup.arrays is None else ray.get(setup.arrays))
+    finally:
+        if run and run.pending:  # stopped early by the scheduler during an outage
+            run.flush()
 
 
 @ray.remote(num_cpus=0)

@@ -2,14 +2,17 @@
 checkpoint every epoch and run long enough (a few seconds) to be interrupted, two per GPU.
 
 Command:  bnsearch run tests/sweeps/packed_mlp.py --address <a cluster with GPUs>
+          bnsearch run tests/sweeps/packed_mlp.py --dry-run      (local, no GPU, 2 trials per arm)
 Cost:     2 arms x (3 search trials + 2 seeds) x 8 epochs, about a minute on 2 CPUs.
 """
+
+import dataclasses
 
 from bnsearch.spec import Budget, Choice, LogUniform, Resources, Sweep
 
 
 def get_sweep(dry_run: bool = False) -> Sweep:
-    return Sweep(
+    sweep = Sweep(
         name="packed_mlp",
         model="mlp",
         model_args={"hidden_sizes": (512, 512)},
@@ -21,6 +24,9 @@ def get_sweep(dry_run: bool = False) -> Sweep:
                       sampler="random"),
         resources=Resources(cpu=1, gpu=0.5),
     )
+    if dry_run:
+        return sweep.replace(budget=dataclasses.replace(sweep.budget, trials_per_arm=2), resources=Resources(cpu=1))
+    return sweep
 
 
 if __name__ == "__main__":
