@@ -15,10 +15,14 @@ def test_a_trial_key_maps_to_exactly_one_run(tmp_path):
     open_ = lambda: tracking.TrialRun.open(t.tracking_uri, t.experiment_id, t.parent_run_id, "sweep-1/search/abc", "r", params={"lr": 0.1})  # noqa: E731
     first = open_()
     first.log_epoch(1, {"val_accuracy": 0.5})
-    t.close_trial("sweep-1/search/abc", "stopped_early")
-    again = open_()  # a retried or resumed trial
-    assert again.run_id == first.run_id and len(t.child_runs()) == 1
+    t.close_trial("sweep-1/search/abc", "failed")  # its node died
+    again = open_()  # Tune retries it
+    assert again.run_id == first.run_id and len(t.child_runs()) == 1 and not again.completed
     assert MlflowClient(t.tracking_uri).get_run(again.run_id).info.status == "RUNNING"
+    t.close_trial("sweep-1/search/abc", "stopped_early")
+    resumed = open_()  # a resumed sweep meets a trial that already ended: replayed, not reopened
+    assert resumed.run_id == first.run_id and resumed.completed and len(t.child_runs()) == 1
+    assert MlflowClient(t.tracking_uri).get_run(resumed.run_id).info.status == "FINISHED"
 
 
 def test_a_repeated_metric_write_is_stored_once(tmp_path):
