@@ -1,4 +1,5 @@
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -7,6 +8,16 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = Path(__file__).resolve().parents[1]
 # The real MNIST test set sits beside the checkout here and in CI, never in the repo.
 MNIST_IDX = Path(os.environ.get("BNSEARCH_MNIST_IDX", ROOT.parent / "shared" / "data" / "mnist-t10k"))
+
+
+@pytest.fixture(scope="session")
+def free_port():
+    """Call it for a TCP port that is free on 127.0.0.1 right now."""
+    def pick() -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+    return pick
 
 
 @pytest.fixture

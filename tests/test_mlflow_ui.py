@@ -6,7 +6,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,14 +19,8 @@ pytestmark = pytest.mark.integration
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def server(finished_sweep):
+def server(finished_sweep, free_port):
     if CHROMIUM is None:
         if os.environ.get("BNSEARCH_REQUIRE_BROWSER"):
             pytest.fail("chromium is required (BNSEARCH_REQUIRE_BROWSER is set) but not installed")

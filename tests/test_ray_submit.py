@@ -47,14 +47,8 @@ threading.Event().wait()
 """
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
-def sshd(tmp_path):
+def sshd(tmp_path, free_port):
     """An sshd on 127.0.0.1 that lets this user in with a fresh key; yields (port, key, home)."""
     if not (os.access(SSHD, os.X_OK) and shutil.which("rsync") and shutil.which("ssh")):
         if os.environ.get("BNSEARCH_REQUIRE_SSH"):
@@ -102,7 +96,7 @@ def sshd(tmp_path):
     server.wait(timeout=10)
 
 
-def loopback_config(port: int, key: Path, workdir: Path) -> Path:
+def loopback_config(port: int, key: Path, workdir: Path, ray_port: int) -> Path:
     """cluster/local.yaml, pointed at this machine through our sshd, with nothing to install."""
     config = yaml.safe_load((ROOT / "cluster" / "local.yaml").read_text())
     relay = workdir / "relay.py"
@@ -112,7 +106,7 @@ def loopback_config(port: int, key: Path, workdir: Path) -> Path:
         provider={"type": "local", "head_ip": "127.0.0.1", "worker_ips": []},
         auth={"ssh_user": getpass.getuser(), "ssh_private_key": str(key), "ssh_proxy_command": f"{sys.executable} {relay} %h {port}"},
         min_workers=0, max_workers=0, file_mounts={}, setup_commands=[], head_setup_commands=[],
-        head_start_ray_commands=["ray stop", f"ray start --head --port={free_port()} --num-cpus=2 --include-dashboard=false "
+        head_start_ray_commands=["ray stop", f"ray start --head --port={ray_port} --num-cpus=2 --include-dashboard=false "
                                  "--autoscaling-config=~/ray_bootstrap_config.yaml"],
     )
     path = workdir / "loopback.yaml"
@@ -128,9 +122,9 @@ def ray_cli(*args: str, timeout: float) -> str:
     return output
 
 
-def test_ray_up_submit_down_runs_the_placement_dry_run(sshd, tmp_path):
+def test_ray_up_submit_down_runs_the_placement_dry_run(sshd, tmp_path, free_port):
     port, key, home = sshd
-    config = loopback_config(port, key, tmp_path)
+    config = loopback_config(port, key, tmp_path, ray_port=free_port())
     name = yaml.safe_load(config.read_text())["cluster_name"]
     try:
         started = time.monotonic()

@@ -21,12 +21,6 @@ from bnsearch import server, tracking
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def non_loopback_ip() -> str | None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         try:
@@ -38,13 +32,13 @@ def non_loopback_ip() -> str | None:
 
 
 @pytest.fixture
-def mlflow_server(tmp_path):
+def mlflow_server(tmp_path, free_port):
     with server.MlflowServer(f"sqlite:///{tmp_path / 'mlflow.db'}", str(tmp_path / "artifacts"), port=free_port(),
                              state_dir=tmp_path) as running:
         yield running
 
 
-def test_bnsearch_server_serves_on_loopback_and_stops_its_whole_process_group(tmp_path):
+def test_bnsearch_server_serves_on_loopback_and_stops_its_whole_process_group(tmp_path, free_port):
     port = free_port()
     process = subprocess.Popen([sys.executable, "-m", "bnsearch.cli", "server", "--port", str(port), "--storage", str(tmp_path)],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -100,16 +94,35 @@ def test_auth_without_its_secrets_exits_2_naming_the_variable(tmp_path, environm
     assert len(result.stderr.strip().splitlines()) == 1 and not list(tmp_path.iterdir())
 
 
-def test_auth_mode_refuses_anonymous_writes_and_accepts_the_admin(tmp_path, monkeypatch):
+
+@pytest.mark.parametrize("given_by", ["--tracking-uri", "MLFLOW_TRACKING_URI"])
+def test_a_tracking_server_down_at_start_fails_the_sweep_at_once(tmp_path, free_port, given_by):
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    flag = ["--tracking-uri", url] if given_by == "--tracking-uri" else []
+    if given_by == "MLFLOW_TRACKING_URI":
+        env["MLFLOW_TRACKING_URI"] = url
+    start = time.monotonic()
+    result = subprocess.run([sys.executable, "-m", "bnsearch.cli", "run", str(ROOT / "tests" / "sweeps" / "tiny_mlp.py"),
+                             "--storage", str(tmp_path / "out"), *flag], capture_output=True, text=True, env=env, timeout=120)
+    seconds = time.monotonic() - start
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert result.stderr.startswith(f"bnsearch: error: {given_by}: no MLflow server answers at {url}")
+    assert seconds < 60 and not (tmp_path / "out").exists()  # no Ray, no store, no retrying for minutes
+    print(f"tracking server down at start ({given_by}): exit 2 after {seconds:.1f} s")
+
+def test_auth_mode_refuses_anonymous_writes_and_accepts_the_admin(tmp_path, monkeypatch, free_port):
     monkeypatch.setenv("MLFLOW_AUTH_ADMIN_PASSWORD", "a-test-password-of-some-length")
     monkeypatch.setenv("MLFLOW_FLASK_SERVER_SECRET_KEY", "test-secret")
     with server.MlflowServer(f"sqlite:///{tmp_path / 'mlflow.db'}", str(tmp_path / "artifacts"), port=free_port(),
                              auth=True, state_dir=tmp_path) as running:
         create = f"{running.url}/api/2.0/mlflow/experiments/create"
-        assert requests.post(create, json={"name": "anonymous"}, timeout=10).status_code == 401
+        # generous timeouts: the first requests set up the auth store, slow on a busy machine
+        assert requests.post(create, json={"name": "anonymous"}, timeout=60).status_code == 401
         admin = ("admin", "a-test-password-of-some-length")
-        assert requests.post(create, json={"name": "admin"}, auth=admin, timeout=10).ok
-        assert requests.post(create, json={"name": "wrong"}, auth=("admin", "not-the-password"), timeout=10).status_code == 401
+        assert requests.post(create, json={"name": "admin"}, auth=admin, timeout=60).ok
+        assert requests.post(create, json={"name": "wrong"}, auth=("admin", "not-the-password"), timeout=60).status_code == 401
 
 
 EPOCHS, METRICS, WRITERS = 30, 5, 16
@@ -142,7 +155,7 @@ def test_sixteen_concurrent_writers_lose_nothing(mlflow_server):
     print(f"{WRITERS} concurrent writers x {EPOCHS} epochs x {METRICS} metrics: {rows} values stored, none lost or doubled")
 
 
-def test_metrics_held_back_by_an_outage_are_sent_later_and_survive_a_checkpoint(tmp_path):
+def test_metrics_held_back_by_an_outage_are_sent_later_and_survive_a_checkpoint(tmp_path, free_port):
     port = free_port()
     backend, artifacts = f"sqlite:///{tmp_path / 'mlflow.db'}", str(tmp_path / "artifacts")
     first = server.MlflowServer(backend, artifacts, port=port, state_dir=tmp_path).start()
@@ -164,7 +177,7 @@ def test_metrics_held_back_by_an_outage_are_sent_later_and_survive_a_checkpoint(
     assert sorted((m.step, m.value) for m in history) == [(1, 1.0), (2, 0.5), (3, 0.25)]
 
 
-def test_a_sweep_goes_on_through_an_mlflow_outage_and_loses_no_epoch(tmp_path):
+def test_a_sweep_goes_on_through_an_mlflow_outage_and_loses_no_epoch(tmp_path, free_port):
     port = free_port()
     backend, artifacts = f"sqlite:///{tmp_path / 'mlflow.db'}", str(tmp_path / "artifacts")
     mlflow_server = server.MlflowServer(backend, artifacts, port=port, state_dir=tmp_path).start()
