@@ -155,7 +155,7 @@ def _run(args: argparse.Namespace) -> int:
     try:
         ok = phases.run(sweep, chosen, tracker=tracker, sweep_id=sweep_id, storage=str(storage), spec_record=spec_record,
                         report_dir=local / sweep_id / "report",
-                        address=None if args.address in (None, "local") else args.address,
+                        address=args.address,
                         run_tags={"dry_run": str(args.dry_run).lower()})
     finally:
         tracker.end_sweep(ok)
@@ -226,7 +226,8 @@ def parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run a sweep file")
     run.add_argument("sweep", help="a sweep file, e.g. sweeps/placement.py")
     run.add_argument("--dry-run", action="store_true", help="same code path, tiny budget, offline dataset")
-    run.add_argument("--address", help="Ray cluster to join: auto, HOST:PORT or ray://HOST:PORT (default: start a local one)")
+    run.add_argument("--address", help="Ray cluster to join: auto, HOST:PORT or ray://HOST:PORT; local always starts a new one "
+                     "(default: the cluster running on this machine, as under ray submit, else a new local one)")
     run.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else SQLite under --storage)")
     run.add_argument("--storage", help=f"results directory or URI (s3://...): Tune runs, checkpoints, local MLflow store (default: $BNSEARCH_STORAGE, else ./{DEFAULT_STORAGE})")
     run.add_argument("--seeds", type=int, help="replicate seeds per arm (default: the sweep's budget.seeds)")

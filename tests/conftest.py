@@ -36,7 +36,8 @@ def finished_sweep(tmp_path_factory):
     from bnsearch import cli, tracking
 
     storage = tmp_path_factory.mktemp("results")
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+    # "local": a new Ray of its own, never one a killed test left running on this machine
+    ray.init("local", num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
     try:
         code = cli.main(["run", str(ROOT / "tests" / "sweeps" / "tiny_mlp.py"), "--storage", str(storage)])
     finally:
