@@ -94,14 +94,12 @@ def test_auth_without_its_secrets_exits_2_naming_the_variable(tmp_path, environm
     assert len(result.stderr.strip().splitlines()) == 1 and not list(tmp_path.iterdir())
 
 
-
 @pytest.mark.parametrize("given_by", ["--tracking-uri", "MLFLOW_TRACKING_URI"])
 def test_a_tracking_server_down_at_start_fails_the_sweep_at_once(tmp_path, free_port, given_by):
     url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     flag = ["--tracking-uri", url] if given_by == "--tracking-uri" else []
-    if given_by == "MLFLOW_TRACKING_URI":
-        env["MLFLOW_TRACKING_URI"] = url
+    env.update({} if flag else {"MLFLOW_TRACKING_URI": url})
     start = time.monotonic()
     result = subprocess.run([sys.executable, "-m", "bnsearch.cli", "run", str(ROOT / "tests" / "sweeps" / "tiny_mlp.py"),
                              "--storage", str(tmp_path / "out"), *flag], capture_output=True, text=True, env=env, timeout=120)
@@ -111,6 +109,7 @@ def test_a_tracking_server_down_at_start_fails_the_sweep_at_once(tmp_path, free_
     assert result.stderr.startswith(f"bnsearch: error: {given_by}: no MLflow server answers at {url}")
     assert seconds < 60 and not (tmp_path / "out").exists()  # no Ray, no store, no retrying for minutes
     print(f"tracking server down at start ({given_by}): exit 2 after {seconds:.1f} s")
+
 
 def test_auth_mode_refuses_anonymous_writes_and_accepts_the_admin(tmp_path, monkeypatch, free_port):
     monkeypatch.setenv("MLFLOW_AUTH_ADMIN_PASSWORD", "a-test-password-of-some-length")
