@@ -26,9 +26,9 @@ PHASES = ("search", "replicate", "report")
 
 def replicate_configs(best: dict[str, dict[str, Any]], seeds: int) -> list[dict[str, Any]]:
     """Every arm's best configuration once per seed, seed-major so that a sweep cut short
-    still holds complete pairs."""
+    still holds complete pairs; each seed re-draws the validation split too."""
     return [
-        {**config, "arm": arm, "phase": "replicate", "trial_index": seed, "seed": seed}
+        {**config, "arm": arm, "phase": "replicate", "trial_index": seed, "seed": seed, "split_seed": seed}
         for seed in range(seeds) for arm, config in best.items()
     ]
 
@@ -82,14 +82,19 @@ def make_report(tracker: tracking.SweepTracker, spec_record: dict[str, Any], out
 
 def summary(outcome) -> str:
     counts: dict[str, dict[str, int]] = {}
+    spent: dict[str, list[float]] = {}
     for trial in outcome.trials:
         arm = counts.setdefault(trial["arm"], {})
         arm[trial["status"]] = arm.get(trial["status"], 0) + 1
+        epochs_seconds = spent.setdefault(trial["arm"], [0, 0.0])
+        epochs_seconds[0] += trial["epochs"]
+        epochs_seconds[1] += trial["train_time_s"]
     lines = [f"\n{outcome.phase} phase: {len(outcome.trials)} trials, {outcome.epochs} epochs, {outcome.wall_s:.0f} s wall time"]
-    lines.append(f"{'arm':<24}{'trials':>7}{'best ' + outcome.metric:>22}  statuses")
+    lines.append(f"{'arm':<24}{'trials':>7}{'epochs':>7}{'train s':>9}{'best ' + outcome.metric:>22}  statuses")
     for arm, by_status in counts.items():
         best = outcome.best.get(arm)
         best_text = f"{best:.4f}" if best is not None else "-"
         statuses = ", ".join(f"{n} {s}" for s, n in sorted(by_status.items()))
-        lines.append(f"{arm:<24}{sum(by_status.values()):>7}{best_text:>22}  {statuses}")
+        epochs, seconds = spent[arm]
+        lines.append(f"{arm:<24}{sum(by_status.values()):>7}{epochs:>7}{seconds:>9.0f}{best_text:>22}  {statuses}")
     return "\n".join(lines)

@@ -23,7 +23,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from bnsearch import results, search, stats  # noqa: E402
-from bnsearch.spec import Comparison  # noqa: E402
+from bnsearch.spec import FAILURES, Comparison  # noqa: E402
 
 BN_COLUMNS = ("bn_mode_gap", "bn_mean_shift", "bn_var_log_ratio", "bn_stale_stats")
 MODE_GAP_WARNING = 0.05  # inference-mode BN losing more than 5 points of accuracy is worth a warning
@@ -197,7 +197,7 @@ def _search(table: pd.DataFrame, arms: list[str], spec: dict[str, Any], out: Pat
               ("table", counts)]
     importances = []
     for arm in arms:
-        rows = last[(last["arm"] == arm) & ~last["status"].isin(results.FAILED)].dropna(subset=[metric])
+        rows = last[(last["arm"] == arm) & ~last["status"].isin(FAILURES)].dropna(subset=[metric])
         configs = [_search_config(r) for _, r in rows.iterrows()]
         for name, value in search.param_importances(configs, list(rows[metric])).items():
             importances.append({"arm": arm, "hyperparameter": name, "importance (fANOVA)": f"{value:.2f}"})
@@ -269,7 +269,7 @@ def _learning_curves(replicate: pd.DataFrame, arms: list[str], path: Path) -> Pa
 def _parallel_coordinates(last: pd.DataFrame, arms: list[str], metric: str, path: Path) -> Path:
     fig, axes = plt.subplots(len(arms), 1, figsize=(8, 2.4 * len(arms)), squeeze=False)
     for ax, arm in zip(axes[:, 0], arms):
-        rows = last[(last["arm"] == arm) & ~last["status"].isin(results.FAILED)].dropna(subset=[metric])
+        rows = last[(last["arm"] == arm) & ~last["status"].isin(FAILURES)].dropna(subset=[metric])
         configs = [_search_config(r) for _, r in rows.iterrows()]
         names = sorted({k for c in configs for k in c if len({repr(x.get(k)) for x in configs}) > 1})
         columns = {name: _axis([c.get(name) for c in configs]) for name in names}

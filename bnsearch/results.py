@@ -12,19 +12,25 @@ elsewhere) and the trial's resolved configuration as ``config.<name>`` columns.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
+
+from bnsearch.spec import FAILURES
 
 IDENTITY = ("sweep_id", "phase", "arm", "trial_index", "seed", "status", "run_id", "trial_key")
 # Params that identify a trial or describe the sweep rather than configure the trial.
 NOT_CONFIG = {"arm", "phase", "trial_index", "seed", "model", "dataset"}
 FILE = "results.parquet"
-FAILED = ("diverged", "failed")
+# The best configuration is chosen on the mean of the metric over a trial's last epochs: one
+# epoch's value is noisy, and the noise picks winners.
+SELECTION_EPOCHS = 3
 
 
 def from_records(records: list[dict[str, Any]]) -> pd.DataFrame:
@@ -68,7 +74,7 @@ def final_values(table: pd.DataFrame, metric: str = "test_accuracy", phase: str 
     """What the statistics work on: per trial ``arm``, ``seed``, ``value`` (accuracy points,
     NaN where the trial failed) and ``failed``."""
     last = last_epochs(table, phase)
-    failed = last["status"].isin(FAILED) | (last.get("diverged", 0) == 1)
+    failed = last["status"].isin(FAILURES) | (last.get("diverged", 0) == 1) | (last.get("collapsed", 0) == 1)
     values = last[metric] if metric in last else pd.Series(float("nan"), index=last.index)
     return pd.DataFrame({
         "arm": last["arm"], "seed": last["seed"], "value": (100 * values).where(~failed), "failed": failed,
@@ -78,26 +84,46 @@ def final_values(table: pd.DataFrame, metric: str = "test_accuracy", phase: str 
 def finished_replicates(table: pd.DataFrame) -> set[tuple[str, int]]:
     """The (arm, seed) pairs whose replicate trial already ran to its end."""
     last = last_epochs(table, "replicate") if len(table) else table
-    done = last[last["status"].isin(("finished", "diverged"))] if len(last) else last
+    done = last[last["status"].isin(("finished", "diverged", "collapsed"))] if len(last) else last
     return {(arm, int(seed)) for arm, seed in zip(done.get("arm", []), done.get("seed", []))}
 
 
+def smoothed(table: pd.DataFrame, metric: str, phase: str = "search", epochs: int = SELECTION_EPOCHS) -> pd.Series:
+    """Per trial key, the mean of ``metric`` over the trial's last ``epochs`` epochs."""
+    rows = table[table["phase"] == phase].dropna(subset=[metric]).sort_values("epoch")
+    return rows.groupby("trial_key")[metric].apply(lambda values: values.tail(epochs).mean())
+
+
 def best_configs(table: pd.DataFrame, arms: list[str], metric: str, mode: str) -> dict[str, dict[str, Any]]:
-    """Per arm, the configuration of its best search trial: the best ``metric`` at the last
-    epoch among trials that ran the full budget (any that did not fail, if none did).
+    """Per arm, the configuration of its best search trial: the best ``metric``, averaged over
+    the last ``SELECTION_EPOCHS`` epochs, among trials that ran the full budget (any that did
+    not fail, if none did). Every search trial was validated on the same split.
 
     Raises ``LookupError`` naming an arm with no usable trial.
     """
     last = last_epochs(table, "search")
+    last = last.assign(selection=last["trial_key"].map(smoothed(table, metric)))
     best = {}
     for arm in arms:
-        trials = last[(last["arm"] == arm) & ~last["status"].isin(FAILED)].dropna(subset=[metric])
+        trials = last[(last["arm"] == arm) & ~last["status"].isin(FAILURES)].dropna(subset=["selection"])
         finished = trials[trials["status"] == "finished"]
         pool = finished if len(finished) else trials
         if pool.empty:
-            raise LookupError(f"arm {arm!r} has no search trial that finished without diverging")
-        best[arm] = config_of(pool.loc[pool[metric].idxmax() if mode == "max" else pool[metric].idxmin()])
+            raise LookupError(f"arm {arm!r} has no search trial that ran without failing (diverged, collapsed or crashed)")
+        best[arm] = config_of(pool.loc[pool["selection"].idxmax() if mode == "max" else pool["selection"].idxmin()])
     return best
+
+
+def pack_correct(correct: np.ndarray) -> bytes:
+    """Per-example results, a bit per example (``.npy`` of ``np.packbits``)."""
+    buffer = io.BytesIO()
+    np.save(buffer, np.packbits(np.asarray(correct, dtype=bool)))
+    return buffer.getvalue()
+
+
+def unpack_correct(data: bytes, n: int) -> np.ndarray:
+    """The boolean per-example vector :func:`pack_correct` stored for ``n`` examples."""
+    return np.unpackbits(np.load(io.BytesIO(data)))[:n].astype(bool)
 
 
 def config_of(row: pd.Series) -> dict[str, Any]:

@@ -14,8 +14,9 @@ Example:
     >>> sweep.validate()
     >>> list(sweep.arms())
     ['none', 'before']
-    >>> sorted(sweep.nuisance_for("before")), sorted(sweep.nuisance_for("none"))
-    (['learning_rate'], ['learning_rate'])
+    >>> arm = sweep.resolve("none")
+    >>> arm.has_bn, sorted(arm.nuisance), arm.config["bn_placement"]
+    (False, ['learning_rate'], 'none')
 """
 
 from __future__ import annotations
@@ -93,6 +94,17 @@ METRICS = {"val_accuracy": "max", "val_loss": "min", "accuracy": "max", "loss": 
 SAMPLERS = ("tpe", "random", "grid")
 QUESTION_KINDS = ("difference", "equivalence")
 REPORT_METRICS = ("test_accuracy", "val_accuracy", "accuracy")
+# Which BN statistics every evaluation uses. `precise` (PreciseBN, Wu & Johnson 2021): the
+# population statistics recomputed over training batches with the current weights just before
+# the evaluation; `moving`: Keras' exponential moving averages, which lag the weights.
+BN_STATISTICS = ("precise", "moving")
+LR_SCHEDULES = ("constant", "cosine")  # after a linear warmup of `warmup_epochs`
+
+# How a trial ends, in one place. `diverged` (loss NaN/inf) and `collapsed` (training back at
+# chance) ran but failed as results; `failed` is a crash. All three are failures of the arm.
+STATUSES = ("running", "finished", "stopped_early", "diverged", "collapsed", "failed")
+COMPLETED = ("finished", "stopped_early", "diverged", "collapsed")  # ran to an end the trial chose
+FAILURES = ("diverged", "collapsed", "failed")
 
 # Defaults follow Keras (BN momentum 0.99 is a moving-average decay, epsilon 1e-3).
 DEFAULTS: dict[str, Any] = {
@@ -106,8 +118,11 @@ DEFAULTS: dict[str, Any] = {
     "batch_size": 32,
     "sgd_momentum": 0.9,
     "weight_decay": 0.0,
+    "lr_schedule": "constant",
+    "warmup_epochs": 0,
+    "bn_statistics": "precise",
 }
-BN_PARAMETERS = ("bn_momentum", "bn_epsilon", "bn_center", "bn_scale")
+BN_PARAMETERS = ("bn_momentum", "bn_epsilon", "bn_center", "bn_scale", "bn_statistics")
 
 
 def _is_real(v) -> bool:
@@ -144,6 +159,9 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "batch_size": _check(lambda v: _is_int(v) and v >= 1, "a whole number >= 1"),
     "sgd_momentum": _check(lambda v: _is_real(v) and 0 <= v < 1, "in [0, 1)"),
     "weight_decay": _check(lambda v: _is_real(v) and v >= 0, "a number >= 0"),
+    "lr_schedule": _one_of(LR_SCHEDULES),
+    "warmup_epochs": _check(lambda v: _is_real(v) and v >= 0, "a number of epochs >= 0"),
+    "bn_statistics": _one_of(BN_STATISTICS),
     "activation": _one_of(ACTIVATIONS),
     "output_bn": _BOOL,
     "hidden_sizes": _SIZES,
@@ -153,10 +171,26 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
 }
 
 
-def has_bn(values: Mapping[str, Any]) -> bool:
-    """Whether a configuration contains any BatchNormalization layer."""
-    placement = values.get("bn_placement", DEFAULTS["bn_placement"])
-    return placement != "none" or bool(values.get("output_bn", False))
+def has_bn(config: Mapping[str, Any]) -> bool:
+    """Whether a resolved configuration (model options included) has any BatchNormalization layer."""
+    return config.get("bn_placement", DEFAULTS["bn_placement"]) != "none" or bool(config.get("output_bn", False))
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One arm, resolved once (:meth:`Sweep.resolve`) and used by the spec, the search space
+    and the trial: its scientific values, its full fixed configuration (defaults, model options,
+    fixed values, the arm's own), whether it has BN, and the nuisance space it searches (BN
+    parameters only where there is BN)."""
+
+    name: str
+    scientific: Mapping[str, Any]
+    config: Mapping[str, Any]
+    nuisance: Mapping[str, "Distribution"]
+
+    @property
+    def has_bn(self) -> bool:
+        return has_bn(self.config)
 
 
 # --- budget, resources ---------------------------------------------------------------------
@@ -249,22 +283,18 @@ class Sweep:
             arms[label] = values
         return arms
 
-    def arm_config(self, arm: str) -> dict[str, Any]:
-        """The resolved fixed configuration of one arm: defaults, then fixed, then the arm."""
-        config = {**DEFAULTS, **self.model_args, **self.fixed, **self.arms()[arm]}
-        if not has_bn(config):
+    def resolve(self, arm: str) -> Arm:
+        """The one place an arm's configuration is decided: defaults, then model options, then
+        fixed values, then the arm's scientific values. An arm without BN has no BN parameters,
+        neither fixed nor searched."""
+        scientific = self.arms()[arm]
+        config = {**DEFAULTS, **self.model_args, **self.fixed, **scientific}
+        with_bn = has_bn(config)
+        if not with_bn:
             for name in BN_PARAMETERS:
                 config.pop(name, None)
-        return config
-
-    def nuisance_for(self, arm: str) -> dict[str, Distribution]:
-        """The nuisance space of one arm: BN parameters exist only in arms with BN."""
-        with_bn = has_bn({**self.fixed, **self.arms()[arm]})
-        return {
-            name: dist
-            for name, dist in self.nuisance.items()
-            if with_bn or name not in BN_PARAMETERS
-        }
+        nuisance = {name: dist for name, dist in self.nuisance.items() if with_bn or name not in BN_PARAMETERS}
+        return Arm(arm, scientific, config, nuisance)
 
     def declared_comparisons(self) -> list[Comparison]:
         """The family the report tests (and Holm-corrects): the declared comparisons, else
@@ -351,6 +381,7 @@ def _problems(sweep: Sweep):
 
     for name, dist in sweep.nuisance.items():
         yield from _distribution_problems(f"nuisance.{name}", name, dist, sweep.budget.sampler)
+    yield from _evaluation_problems(sweep)
 
     b = sweep.budget
     if not _is_int(b.trials_per_arm) or b.trials_per_arm < 1:
@@ -405,6 +436,29 @@ def _problems(sweep: Sweep):
         yield "mode", f"must be 'min' or 'max', got {sweep.mode!r}"
     elif sweep.metric in METRICS and METRICS[sweep.metric] != sweep.mode:
         yield "mode", f"{sweep.metric} is to be {'maximised' if METRICS[sweep.metric] == 'max' else 'minimised'}: use mode={METRICS[sweep.metric]!r}"
+
+
+def _evaluation_problems(sweep: Sweep):
+    """BN momentum only moves the moving averages; with precise evaluation they are recomputed
+    before every evaluation, so searching or comparing momentum there spends trials on nothing."""
+    if "bn_statistics" in sweep.nuisance:
+        yield "nuisance.bn_statistics", "is how results are measured, not a nuisance: set it in fixed, or make it scientific"
+    try:
+        arms = [sweep.resolve(arm) for arm in sweep.arms()]
+    except (TypeError, KeyError):  # malformed arms, reported elsewhere
+        return
+    for section in ("scientific", "nuisance"):
+        if "bn_momentum" in getattr(sweep, section) and any(a.config.get("bn_statistics") == "precise" for a in arms):
+            yield f"{section}.bn_momentum", ("cannot change a result evaluated with bn_statistics='precise' (momentum only "
+                                             "moves the moving averages, which precise evaluation recomputes): remove it, or "
+                                             "set fixed={'bn_statistics': 'moving'}")
+    max_epochs = sweep.budget.max_epochs
+    for arm in arms:
+        warmup = arm.config.get("warmup_epochs", 0)
+        if _is_real(warmup) and _is_int(max_epochs) and warmup >= max_epochs:
+            where = "scientific.warmup_epochs" if "warmup_epochs" in sweep.scientific else "fixed.warmup_epochs"
+            yield where, f"must be below budget.max_epochs={max_epochs} (the run would never reach its learning rate), got {warmup!r}"
+            return
 
 
 def _value_problems(where: str, name: str, values: Sequence):

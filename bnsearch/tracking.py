@@ -25,6 +25,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
+from bnsearch.spec import COMPLETED
+
 PARENT_RUN_NAME = "sweep"
 PENDING_FILE = "pending_metrics.json"
 MAX_METRICS_PER_BATCH = 1000  # MLflow's limit per log_batch request
@@ -34,10 +36,8 @@ TRIAL_HTTP_SETTINGS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQU
 # How long a trial or the driver keeps retrying a tracking server that does not answer.
 RETRY_TIMEOUT_S = float(os.environ.get("BNSEARCH_TRACKING_RETRY_TIMEOUT_S", 600))
 UNREACHABLE = (MlflowException, OSError, requests.RequestException)
-STATUSES = ("running", "finished", "stopped_early", "diverged", "failed")
-# What MLflow's own run status says for each of ours: only a crash is FAILED.
-_RUN_STATUS = {"finished": "FINISHED", "stopped_early": "FINISHED", "diverged": "FINISHED", "failed": "FAILED"}
-COMPLETED = ("finished", "stopped_early", "diverged")
+# What MLflow's own run status says for each of ours (spec.STATUSES): only a crash is FAILED.
+_RUN_STATUS = {status: "FINISHED" for status in COMPLETED} | {"failed": "FAILED"}
 
 
 DEFAULT_STORAGE = "bnsearch-results"
@@ -212,6 +212,14 @@ class SweepTracker:
             records.append({"run_id": run.info.run_id, "tags": dict(run.data.tags), "params": params, "history": history})
         return records
 
+    def run_file(self, run_id: str, name: str) -> bytes | None:
+        """The bytes of one artifact of a trial run; None if it has none by that name."""
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                return Path(self.client.download_artifacts(run_id, name, tmp)).read_bytes()
+            except (MlflowException, OSError):
+                return None
+
     def read_json(self, name: str) -> Any:
         """A JSON artifact of the parent run (``spec.json``, ``versions.json``)."""
         with tempfile.TemporaryDirectory() as tmp:
@@ -297,6 +305,15 @@ class TrialRun:
                 print(f"bnsearch: MLflow unreachable ({type(error).__name__}); training goes on, "
                       f"{len(self.pending)} metric values held for the next try", file=sys.stderr, flush=True)
                 self.warned = True
+
+    def log_files(self, files: Mapping[str, bytes]) -> None:
+        """Log each ``{name: content}`` as an artifact of this run, in one upload."""
+        if not files:
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            for name, content in files.items():
+                (Path(tmp) / name).write_bytes(content)
+            with_retries(lambda: self.client.log_artifacts(self.run_id, tmp), f"logging the files of run {self.run_id}")
 
     def flush(self, timeout_s: float | None = None) -> None:
         """Send everything held back, retrying until ``timeout_s``; then raise."""

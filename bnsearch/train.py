@@ -1,10 +1,18 @@
 """One training run, Keras only: build, compile, fit epoch by epoch, evaluate.
 
-Imported only inside trial workers, never on the driver. It knows nothing of Ray or MLflow: results leave through ``report(metrics, checkpoint_dir)``,
-called once per epoch, and a run resumes from a checkpoint directory it wrote earlier.
-Every random stream (weight init, dropout, data order, validation split) derives from
-``config["seed"]``. The final report also carries the BN diagnostics of
-:mod:`bnsearch.diagnostics` (``bn_*`` keys).
+Imported only inside trial workers, never on the driver. It knows nothing of Ray or MLflow:
+results leave through ``report(metrics, checkpoint_dir)``, called once per epoch, and files
+through ``keep({name: bytes})`` once, before the last report. A run resumes from a checkpoint
+directory it wrote earlier and continues the same run: weight init derives from
+``config["seed"]``, epoch k's data order from (seed, k), the learning-rate schedule from the
+optimizer's step count, and the validation split from ``config["split_seed"]`` (default: the
+seed; the search phase shares one split across trials and arms).
+
+Every evaluation uses the BN statistics the configuration asks for (``bn_statistics``:
+``precise``, recomputed with the current weights by :mod:`bnsearch.precise_bn`, or Keras'
+``moving`` averages); both are logged (``val_accuracy_precise``, ``val_accuracy_moving``, ...),
+and ``val_*``/``test_*`` are the ones asked for. The final report also carries the BN
+diagnostics of :mod:`bnsearch.diagnostics` (``bn_*`` keys).
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import keras
@@ -23,18 +32,26 @@ import numpy as np
 import tensorflow as tf
 
 from bnsearch import data as datasets
-from bnsearch.diagnostics import bn_diagnostics
+from bnsearch import diagnostics, results
 from bnsearch.models import Norm, create_model, model_parameters
+from bnsearch.precise_bn import TrainModePass, bn_layers, precise_statistics, recalibration_batches
 from bnsearch.spec import DEFAULTS
 
 Report = Callable[[dict[str, float], "str | None"], None]
+Keep = Callable[[dict[str, bytes]], None]
 MODEL_FILE, STATE_FILE = "model.keras", "state.json"
+TEST_CORRECT_FILE, BN_LAYERS_FILE = "test_correct.npy", "bn_layers.json"
 # Several steps per tf.function call: +55% on small MLPs on CPU, same results.
 STEPS_PER_EXECUTION = 8
-# The BN diagnostics' population statistics use about this many training samples (whole
-# batches): enough for per-channel means to ~1% of a standard deviation, and a fraction of an
-# epoch for MobileNetV2 on CIFAR-10.
-DIAGNOSTIC_SAMPLES, DIAGNOSTIC_BATCH = 10_000, 500
+# Collapse: training that is at chance. "At chance" needs both, over an epoch: training accuracy
+# within 5% of the way from chance (the majority class) to perfect, and training loss at 98% or
+# more of the loss of predicting the class frequencies (ln K for K balanced classes). A run
+# collapses when it is at chance after an epoch in which it had learned (accuracy more than
+# twice that margin above chance), or at the end of its budget: so a slow start, a warmup or a
+# plateau before learning never counts, and a run that learns by its last epoch never does.
+COLLAPSE_ACCURACY_MARGIN, COLLAPSE_LOSS_FRACTION = 0.05, 0.98
+# A train_function call this many times slower than the median call of its epoch was tracing.
+TRACE_FACTOR = 3
 # GPU memory a TensorFlow process uses outside its allocator's limit (CUDA context, cuDNN and
 # cuBLAS handles), taken off each fractional trial's share so that four 0.25 trials fit.
 GPU_PROCESS_OVERHEAD_MB = 1024
@@ -101,14 +118,13 @@ def environment() -> dict[str, str]:
     }
 
 
+def get(config: Mapping[str, Any], name: str) -> Any:
+    return config.get(name, DEFAULTS.get(name))
+
+
 def norm_from(config: Mapping[str, Any]) -> Norm:
-    return Norm(
-        placement=config.get("bn_placement", DEFAULTS["bn_placement"]),
-        momentum=config.get("bn_momentum", DEFAULTS["bn_momentum"]),
-        epsilon=config.get("bn_epsilon", DEFAULTS["bn_epsilon"]),
-        center=config.get("bn_center", DEFAULTS["bn_center"]),
-        scale=config.get("bn_scale", DEFAULTS["bn_scale"]),
-    )
+    return Norm(placement=get(config, "bn_placement"), momentum=get(config, "bn_momentum"), epsilon=get(config, "bn_epsilon"),
+                center=get(config, "bn_center"), scale=get(config, "bn_scale"))
 
 
 def build_model(model: str, config: Mapping[str, Any], input_shape, num_classes: int):
@@ -118,18 +134,39 @@ def build_model(model: str, config: Mapping[str, Any], input_shape, num_classes:
     return create_model(model, input_shape, num_classes, norm_from(config), **options)
 
 
-def compile_model(keras_model, config: Mapping[str, Any]) -> None:
-    get = lambda k: config.get(k, DEFAULTS[k])  # noqa: E731
-    if get("optimizer") == "sgd":
-        optimizer = keras.optimizers.SGD(get("learning_rate"), momentum=get("sgd_momentum"), weight_decay=get("weight_decay") or None)
+def learning_rate(config: Mapping[str, Any], steps_per_epoch: int | None = None, epochs: int | None = None):
+    """The configuration's learning rate: a number, or with ``warmup_epochs`` or a ``cosine``
+    ``lr_schedule``, a schedule over ``epochs`` of ``steps_per_epoch`` steps: linear warmup from
+    0, then constant or cosine decay to 0 (Keras' CosineDecay; alpha=1 keeps it constant)."""
+    peak, schedule = get(config, "learning_rate"), get(config, "lr_schedule")
+    warmup_steps = round(get(config, "warmup_epochs") * (steps_per_epoch or 0))
+    if not steps_per_epoch or not epochs or (schedule == "constant" and not warmup_steps):
+        return peak
+    return keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=0.0 if warmup_steps else peak, decay_steps=max(1, steps_per_epoch * epochs - warmup_steps),
+        alpha=1.0 if schedule == "constant" else 0.0, warmup_target=peak if warmup_steps else None, warmup_steps=warmup_steps,
+    )
+
+
+def compile_model(keras_model, config: Mapping[str, Any], steps_per_epoch: int | None = None, epochs: int | None = None) -> None:
+    lr = learning_rate(config, steps_per_epoch, epochs)
+    weight_decay = get(config, "weight_decay") or None
+    if get(config, "optimizer") == "sgd":
+        optimizer = keras.optimizers.SGD(lr, momentum=get(config, "sgd_momentum"), weight_decay=weight_decay)
     else:
-        optimizer = keras.optimizers.Adam(get("learning_rate"), weight_decay=get("weight_decay") or None)
+        optimizer = keras.optimizers.Adam(lr, weight_decay=weight_decay)
     keras_model.compile(
         optimizer=optimizer,
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
         steps_per_execution=STEPS_PER_EXECUTION,
     )
+
+
+def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
+    """The training examples' order in ``epoch``: a function of (seed, epoch) alone, so a run
+    resumed at any epoch sees the same data in the same order as one never interrupted."""
+    return np.random.default_rng([seed, epoch]).permutation(n)
 
 
 def run(
@@ -143,14 +180,18 @@ def run(
     restore_dir: str | None = None,
     checkpoint_every_s: float = 0.0,
     arrays: datasets.Arrays | None = None,
+    keep: Keep | None = None,
 ) -> dict[str, float]:
     """Train ``model`` on ``dataset`` for up to ``max_epochs``; return the final metrics.
 
     A run whose training loss turns NaN or infinite stops at the end of that epoch and reports
-    ``diverged=1`` instead of raising. ``test_*`` and ``bn_*`` metrics come with the last epoch
-    only. A checkpoint goes with an epoch's report once ``checkpoint_every_s`` seconds have
-    passed since the last one (0: every epoch). ``arrays``: the dataset already loaded (else it
-    is loaded here, once per process).
+    ``diverged=1``; one whose training is back at chance (see ``COLLAPSE_*``) stops and reports
+    ``collapsed=1``. ``test_*`` and ``bn_*`` metrics come with the last epoch only, and so does
+    ``keep``'s call with the per-example test results (``test_correct.npy``: a bit per test
+    example, 1 where the prediction was right, see :func:`bnsearch.results.unpack_correct`)
+    and the per-layer BN diagnostics (``bn_layers.json``). A checkpoint goes with an epoch's
+    report once ``checkpoint_every_s`` seconds have passed since the last one (0: every epoch).
+    ``arrays``: the dataset already loaded (else it is loaded here, once per process).
     """
     seed = int(config["seed"])
     # A reused trial process keeps TensorFlow (and its GPU memory pool) alive across trials;
@@ -160,11 +201,11 @@ def run(
     loader_args = {k: v for k, v in dataset_args.items() if k not in datasets.COMMON_PARAMETERS}
     common = {**datasets.COMMON_PARAMETERS, **dataset_args}
     arrays = arrays if arrays is not None else datasets.load(dataset, **loader_args)
-    splits = datasets.split(arrays, seed, common["validation_fraction"])
-    batch_size = int(config.get("batch_size", DEFAULTS["batch_size"]))
+    splits = datasets.split(arrays, int(config.get("split_seed", seed)), common["validation_fraction"])
+    batch_size = int(get(config, "batch_size"))
     image_size = common["image_size"]
-    train_ds = datasets.tf_dataset(*splits.train, batch_size, shuffle_seed=seed, image_size=image_size)
-    val_ds = datasets.tf_dataset(*splits.validation, batch_size, image_size=image_size)
+    x_train, y_train = splits.train
+    steps_per_epoch = math.ceil(len(x_train) / batch_size)
 
     state = {"epoch": 0, "train_time_s": 0.0}
     if restore_dir:
@@ -174,73 +215,158 @@ def run(
     else:
         input_shape = datasets.resized_shape(splits.input_shape, image_size)
         keras_model = build_model(model, config, input_shape, splits.num_classes)
-        compile_model(keras_model, config)
+        compile_model(keras_model, config, steps_per_epoch, max_epochs)
 
-    test_ds = datasets.tf_dataset(*splits.test, batch_size, image_size=image_size)
-    # Unshuffled: the split is already a seeded permutation, so its first DIAGNOSTIC_SAMPLES
-    # form a random subsample, the same one on every call.
-    # Inference-mode activations don't depend on the batch size, so the population pass uses
-    # large batches: a few steps instead of hundreds (0.9 s → 0.3 s per trial on the bench MLP).
-    diag_train_ds = datasets.tf_dataset(*splits.train, DIAGNOSTIC_BATCH, image_size=image_size)
-    diag_batches = max(1, math.ceil(DIAGNOSTIC_SAMPLES / DIAGNOSTIC_BATCH))
-
-    def diagnose(trained) -> dict[str, float]:
-        return bn_diagnostics(trained, diag_train_ds, val_ds, max_train_batches=diag_batches)
-
-    reporter = EpochReporter(report, len(splits.train[0]), state, max_epochs, test_ds, diagnose, checkpoint_every_s)
-    keras_model.fit(
-        train_ds, validation_data=val_ds, initial_epoch=state["epoch"], epochs=max_epochs,
-        callbacks=[reporter], verbose=0, shuffle=False,  # tf_dataset shuffles with the seed
-    )
+    evaluator = Evaluator(keras_model, splits, batch_size, image_size, get(config, "bn_statistics"))
+    reporter = EpochReporter(report, len(x_train), state, max_epochs, evaluator, checkpoint_every_s, keep,
+                             chance=chance_level(y_train, splits.num_classes))
+    for epoch in range(state["epoch"], max_epochs):
+        order = epoch_order(seed, epoch, len(x_train))
+        train_ds = datasets.tf_dataset(x_train[order], y_train[order], batch_size, image_size=image_size)
+        timer = StepTimer()
+        started = time.perf_counter()
+        history = keras_model.fit(train_ds, initial_epoch=epoch, epochs=epoch + 1, callbacks=[timer], verbose=0, shuffle=False)
+        tracing = timer.tracing_s()
+        logs = {k: float(v[-1]) for k, v in history.history.items()}
+        if reporter.epoch_end(epoch, logs, time.perf_counter() - started - tracing, tracing):
+            break
     return reporter.last
 
 
-class EpochReporter(keras.callbacks.Callback):
-    """Times each epoch, detects divergence, checkpoints, evaluates the test set (and
-    ``diagnose``s the model) after the last epoch, and reports."""
+def chance_level(labels: np.ndarray, num_classes: int) -> tuple[float, float]:
+    """(accuracy, loss) of always predicting the class frequencies: the majority class's share
+    and the entropy of the class distribution (ln K when balanced)."""
+    p = np.bincount(labels, minlength=num_classes) / len(labels)
+    return float(p.max()), float(-(p[p > 0] * np.log(p[p > 0])).sum())
 
-    def __init__(self, report: Report, n_train: int, state: dict, max_epochs: int, test_ds,
-                 diagnose: Callable[[Any], dict[str, float]] | None = None, checkpoint_every_s: float = 0.0):
+
+class StepTimer(keras.callbacks.Callback):
+    """Times every train_function call of one fit; calls far slower than the epoch's median
+    were tracing the graph, which is start-up, not training."""
+
+    def __init__(self):
         super().__init__()
-        self.report, self.n_train, self.state, self.max_epochs, self.test_ds = report, n_train, state, max_epochs, test_ds
-        self.diagnose, self.checkpoint_every_s = diagnose, checkpoint_every_s
+        self.durations: list[float] = []
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._started = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.durations.append(time.perf_counter() - self._started)
+
+    def tracing_s(self) -> float:
+        if len(self.durations) < 2:
+            return 0.0
+        median = float(np.median(self.durations))
+        return float(sum(d - median for d in self.durations if d > TRACE_FACTOR * median))
+
+
+@dataclass
+class Scores:
+    loss: float
+    accuracy: float
+    correct: np.ndarray  # per example
+
+
+class Evaluator:
+    """Every evaluation of one run, with both kinds of BN statistics, the ones the
+    configuration asks for (``statistics``) under the plain names."""
+
+    def __init__(self, model, splits: datasets.Splits, batch_size: int, image_size: int | None, statistics: str):
+        self.model, self.statistics = model, statistics
+        self.sets = {name: (datasets.tf_dataset(*data, batch_size, image_size=image_size), data[1])
+                     for name, data in (("val", splits.validation), ("test", splits.test))}
+        self.passes = TrainModePass(model) if bn_layers(model) else None
+        self.recalibration = recalibration_batches(*splits.train, batch_size, image_size) if self.passes else None
+        self.files: dict[str, bytes] = {}
+
+    def scores(self, name: str) -> Scores:
+        dataset, labels = self.sets[name]
+        logits = self.model.predict(dataset, verbose=0).astype(np.float64)
+        top = logits.max(axis=1, keepdims=True)
+        log_norm = top[:, 0] + np.log(np.exp(logits - top).sum(axis=1))
+        correct = logits.argmax(axis=1) == labels
+        return Scores(float(np.mean(log_norm - logits[np.arange(len(labels)), labels])), float(correct.mean()), correct)
+
+    def evaluate(self, final: bool, diverged: bool) -> dict[str, float]:
+        """The validation metrics, and with ``final`` the test metrics and BN diagnostics.
+        A diverged model's weights are NaN/inf: no recalibration, no diagnostics."""
+        started = time.perf_counter()
+        names = ("val", "test") if final else ("val",)
+        moving = {name: self.scores(name) for name in names}
+        metrics, chosen = {}, moving
+        if self.passes and not diverged:
+            batch = {name: float(np.mean(self.passes.predictions(self.sets[name][0]) == self.sets[name][1]))
+                     for name in names} if final else {}
+            recalibrating = time.perf_counter()
+            with precise_statistics(self.passes, self.recalibration) as (population, moving_stats):
+                metrics["recalibration_time_s"] = time.perf_counter() - recalibrating
+                precise = {name: self.scores(name) for name in names}
+            for name in names:
+                metrics.update({f"{name}_loss_moving": moving[name].loss, f"{name}_accuracy_moving": moving[name].accuracy,
+                                f"{name}_loss_precise": precise[name].loss, f"{name}_accuracy_precise": precise[name].accuracy})
+            if self.statistics == "precise":
+                chosen = precise
+            if final:
+                summary, per_layer = diagnostics.compare(self.passes.layers, moving_stats, population)
+                metrics.update(summary, test_accuracy_batch=batch["test"],
+                               **diagnostics.accuracies(moving["val"].accuracy, precise["val"].accuracy, batch["val"]))
+                self.files[BN_LAYERS_FILE] = json.dumps(per_layer, indent=1).encode()
+        for name in names:
+            metrics.update({f"{name}_loss": chosen[name].loss, f"{name}_accuracy": chosen[name].accuracy})
+        if final:
+            metrics["test_examples"] = float(len(chosen["test"].correct))
+            self.files[TEST_CORRECT_FILE] = results.pack_correct(chosen["test"].correct)
+        metrics["eval_time_s"] = time.perf_counter() - started
+        return metrics
+
+
+class EpochReporter:
+    """After each epoch: timings, divergence and collapse, evaluation, checkpoint, report."""
+
+    def __init__(self, report: Report, n_train: int, state: dict, max_epochs: int, evaluator: Evaluator,
+                 checkpoint_every_s: float = 0.0, keep: Keep | None = None, chance: tuple[float, float] = (0.0, math.inf)):
+        self.report, self.n_train, self.state, self.max_epochs = report, n_train, state, max_epochs
+        self.evaluator, self.checkpoint_every_s, self.keep, self.chance = evaluator, checkpoint_every_s, keep, chance
         self.last: dict[str, float] = {}
-        self._t0 = self._checkpointed = time.perf_counter()
+        self._checkpointed = time.perf_counter()
 
-    def on_epoch_begin(self, epoch, logs=None):
-        self._t0 = time.perf_counter()
+    def collapsed(self, epoch: int, logs: dict[str, float]) -> bool:
+        chance_accuracy, chance_loss = self.chance
+        accuracy = logs.get("accuracy", 1.0)
+        learned = self.state.get("best_accuracy", 0.0) > chance_accuracy + 2 * COLLAPSE_ACCURACY_MARGIN * (1 - chance_accuracy)
+        self.state["best_accuracy"] = max(self.state.get("best_accuracy", 0.0), accuracy)
+        at_chance = accuracy <= chance_accuracy + COLLAPSE_ACCURACY_MARGIN * (1 - chance_accuracy) and \
+            logs.get("loss", 0.0) >= COLLAPSE_LOSS_FRACTION * chance_loss
+        return at_chance and (learned or epoch + 1 >= self.max_epochs)
 
-    def on_epoch_end(self, epoch, logs=None):
-        seconds = time.perf_counter() - self._t0
-        logs = logs or {}
+    def epoch_end(self, epoch: int, logs: dict[str, float], seconds: float, tracing_s: float) -> bool:
+        """Report epoch ``epoch`` (0-based); True when the run ends here."""
         self.state["epoch"] = epoch + 1
         self.state["train_time_s"] += seconds
         diverged = not math.isfinite(logs.get("loss", math.nan))
-        metrics = {k: float(logs[k]) for k in ("loss", "accuracy", "val_loss", "val_accuracy") if k in logs}
+        collapsed = not diverged and self.collapsed(epoch, logs)
+        final = diverged or collapsed or epoch + 1 >= self.max_epochs
+        metrics = {k: logs[k] for k in ("loss", "accuracy") if k in logs}
         metrics.update(
-            epoch=epoch + 1,
-            epoch_time_s=seconds,
-            samples_per_s=self.n_train / seconds,
-            train_time_s=self.state["train_time_s"],
-            diverged=float(diverged),
+            epoch=epoch + 1, epoch_time_s=seconds, samples_per_s=self.n_train / max(seconds, 1e-9),
+            train_time_s=self.state["train_time_s"], diverged=float(diverged), collapsed=float(collapsed),
         )
-        if diverged or epoch + 1 >= self.max_epochs:
-            self.model.stop_training = True
-            test = self.model.evaluate(self.test_ds, verbose=0, return_dict=True)
-            metrics.update(test_loss=float(test["loss"]), test_accuracy=float(test["accuracy"]))
-            # Not for diverged runs: their weights or activations are NaN/inf, so the statistics
-            # would be NaN and the accuracies chance, which says nothing about BN. diverged=1
-            # already says what happened, and the missing bn_* keys keep NaNs out of BN summaries.
-            if self.diagnose and not diverged:
-                metrics.update(self.diagnose(self.model))
+        if tracing_s:
+            metrics["trace_time_s"] = tracing_s
+        metrics.update(self.evaluator.evaluate(final, diverged))
+        if final:
+            if self.keep:
+                self.keep(self.evaluator.files)  # before the last report: the driver closes the run on it
             self.report(metrics, None)
         elif time.perf_counter() - self._checkpointed < self.checkpoint_every_s:
             self.report(metrics, None)  # saving costs time; a retry redoes these few epochs
         else:
             self._checkpointed = time.perf_counter()
             with tempfile.TemporaryDirectory(prefix="bnsearch-ckpt-") as ckpt:
-                self.model.save(os.path.join(ckpt, MODEL_FILE))
+                self.evaluator.model.save(os.path.join(ckpt, MODEL_FILE))
                 with open(os.path.join(ckpt, STATE_FILE), "w") as f:
                     json.dump(self.state, f)
                 self.report(metrics, ckpt)
         self.last = metrics
+        return final

@@ -24,9 +24,12 @@ from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from bnsearch import data, search, tracking
-from bnsearch.spec import Sweep
+from bnsearch.spec import FAILURES, Sweep
 
 SEARCH_SEED_BASE = 10_000  # search-phase seeds; replicate seeds start at 0, so they never meet
+# Every search trial of every arm validates on this one split, so ASHA, the samplers and the
+# choice of each arm's best configuration compare like with like (replicates re-draw it per seed).
+SEARCH_SPLIT_SEED = 9_999
 
 
 @dataclass(frozen=True)
@@ -91,7 +94,7 @@ def train_trial(config: dict, setup: TrialSetup) -> None:
             run.log_epoch(int(metrics["epoch"]), metrics)  # log first: a reported epoch is a logged one
             if checkpoint_dir:
                 run.save_pending(checkpoint_dir)  # held back by an outage: resumed with the checkpoint
-            if metrics["epoch"] >= setup.max_epochs or metrics.get("diverged"):
+            if metrics["epoch"] >= setup.max_epochs or metrics.get("diverged") or metrics.get("collapsed"):
                 run.flush()  # the driver closes the run on this report: every epoch must be in by then
         checkpoint = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
         tune.report(metrics, checkpoint=checkpoint)
@@ -103,7 +106,8 @@ def train_trial(config: dict, setup: TrialSetup) -> None:
                 run.load_pending(restore_dir)
             train.run(config, model=setup.model, dataset=setup.dataset, dataset_args=setup.dataset_args,
                       max_epochs=setup.max_epochs, report=report, restore_dir=restore_dir,
-                      checkpoint_every_s=setup.checkpoint_every_s, arrays=None if setup.arrays is None else ray.get(setup.arrays))
+                      checkpoint_every_s=setup.checkpoint_every_s, arrays=None if setup.arrays is None else ray.get(setup.arrays),
+                      keep=run.log_files if run else None)
     finally:
         if run and run.pending:  # stopped early by the scheduler during an outage
             run.flush()
@@ -127,36 +131,43 @@ class _SavedSearcher(Searcher):
 
 
 class ArmSearcher(_SavedSearcher):
-    """Round-robin over arms; each arm is searched by its own OptunaSearch (own study)."""
+    """Round-robin over arms; each arm is searched by its own OptunaSearch (own study).
+
+    Every arm gets ``trials_per_arm`` trials that ran: a trial that crashes (after Tune's
+    retries) is replaced by a new one of its arm, up to ``trials_per_arm`` replacements per arm
+    so that a sweep whose every trial crashes still ends."""
 
     def __init__(self, sweep: Sweep):
         super().__init__(metric=sweep.metric, mode=sweep.mode)
         budget = sweep.budget
         self.trials_per_arm = budget.trials_per_arm
-        self.arm_configs = {arm: sweep.arm_config(arm) for arm in sweep.arms()}
+        self.arms = {arm: sweep.resolve(arm) for arm in sweep.arms()}
         self.searchers = {}
-        for arm in self.arm_configs:
-            dims = sweep.nuisance_for(arm)
-            self.searchers[arm] = OptunaSearch(
-                space=search.SearchSpace(dims),
+        for name, arm in self.arms.items():
+            self.searchers[name] = OptunaSearch(
+                space=search.SearchSpace(arm.nuisance),
                 metric=sweep.metric,
                 mode=sweep.mode,
-                sampler=search.make_sampler(budget.sampler, dims, budget.search_seed, budget.trials_per_arm),
+                sampler=search.make_sampler(budget.sampler, arm.nuisance, budget.search_seed, budget.trials_per_arm),
             )
-        self.started = {arm: 0 for arm in self.arm_configs}
+        self.started = {arm: 0 for arm in self.arms}
+        self.crashed = {arm: 0 for arm in self.arms}
         self.arm_of: dict[str, str] = {}
 
+    def budget_of(self, arm: str) -> int:
+        return self.trials_per_arm + min(self.crashed[arm], self.trials_per_arm)
+
     def suggest(self, trial_id: str) -> dict | None:
-        open_arms = [a for a, n in self.started.items() if n < self.trials_per_arm]
+        open_arms = [a for a, n in self.started.items() if n < self.budget_of(a)]
         if not open_arms:
             return Searcher.FINISHED
-        arm = min(open_arms, key=self.started.get)  # fewest started first, ties in declared order
+        arm = min(open_arms, key=lambda a: self.started[a] - self.crashed[a])  # fewest that count, ties in declared order
         params = self.searchers[arm].suggest(trial_id)
         index = self.started[arm]
         self.started[arm] += 1
         self.arm_of[trial_id] = arm
-        return {**self.arm_configs[arm], **params, "arm": arm, "phase": "search",
-                "trial_index": index, "seed": SEARCH_SEED_BASE + index}
+        return {**self.arms[arm].config, **params, "arm": arm, "phase": "search",
+                "trial_index": index, "seed": SEARCH_SEED_BASE + index, "split_seed": SEARCH_SPLIT_SEED}
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if trial_id in self.arm_of:
@@ -164,7 +175,9 @@ class ArmSearcher(_SavedSearcher):
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if trial_id in self.arm_of:
-            self.searchers[self.arm_of[trial_id]].on_trial_complete(trial_id, result, error)
+            arm = self.arm_of[trial_id]
+            self.searchers[arm].on_trial_complete(trial_id, result, error)
+            self.crashed[arm] += bool(error)
 
 
 class FixedConfigs(_SavedSearcher):
@@ -225,6 +238,8 @@ def trial_status(last_result: dict | None, max_epochs: int, errored: bool = Fals
         return "failed"
     if last.get("diverged"):
         return "diverged"
+    if last.get("collapsed"):
+        return "collapsed"
     return "finished" if last.get("epoch", 0) >= max_epochs else "stopped_early"
 
 
@@ -264,7 +279,7 @@ class PhaseOutcome:
         pick = max if self.mode == "max" else min
         values: dict[str, list[float]] = {}
         for t in self.trials:
-            if t["best"] is not None and t["status"] != "diverged":
+            if t["best"] is not None and t["status"] not in FAILURES:
                 values.setdefault(t["arm"], []).append(t["best"])
         return {arm: pick(v) for arm, v in values.items()}
 
@@ -316,7 +331,7 @@ def run_phase(sweep: Sweep, phase: str, *, tracker: tracking.SweepTracker, sweep
     else:
         if phase == "search":
             total = len(sweep.arms()) * sweep.budget.trials_per_arm
-            searcher = ArmSearcher(sweep)
+            searcher = ArmSearcher(sweep)  # it ends the phase; num_samples leaves room for crashed trials' replacements
             scheduler = ArmScheduler(sweep) if sweep.budget.early_stopping else FIFOScheduler()
         else:
             total, searcher, scheduler = len(configs), FixedConfigs(configs), FIFOScheduler()
@@ -326,7 +341,7 @@ def run_phase(sweep: Sweep, phase: str, *, tracker: tracking.SweepTracker, sweep
             tune_config=tune.TuneConfig(
                 search_alg=searcher,
                 scheduler=scheduler,
-                num_samples=total,
+                num_samples=2 * total if phase == "search" else total,
                 max_concurrent_trials=min(concurrency, total),
                 reuse_actors=True,
             ),

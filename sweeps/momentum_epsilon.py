@@ -28,7 +28,9 @@ def get_sweep(dry_run: bool = False) -> Sweep:
         dataset="cifar10",
         scientific={"bn_momentum": (0.9, 0.99, 0.999), "bn_epsilon": (1e-5, 1e-3)},
         nuisance={"learning_rate": LogUniform(1e-4, 1e-1)},
-        fixed={"optimizer": "adam", "bn_placement": "before", "batch_size": 64},
+        # The question is the moving averages themselves: evaluate with them, as Keras does.
+        fixed={"optimizer": "adam", "bn_placement": "before", "batch_size": 64, "bn_statistics": "moving",
+               "lr_schedule": "cosine", "warmup_epochs": 1},
         budget=Budget(trials_per_arm=12, max_epochs=15, grace_epochs=3, reduction_factor=3, seeds=10),
         resources=Resources(cpu=2, gpu=0.25),
         comparisons=[

@@ -11,7 +11,7 @@ Cost:     full: 2 arms x (16 search trials + 10 seeds) x <= 10 epochs of a 64-64
 Compares: True (BN before the output layer) vs False, a difference of at least ±0.5 points.
 """
 
-from bnsearch.spec import Budget, Choice, Comparison, ComplementLogUniform, LogUniform, Resources, Sweep
+from bnsearch.spec import Budget, Choice, Comparison, LogUniform, Resources, Sweep
 
 
 def get_sweep(dry_run: bool = False) -> Sweep:
@@ -25,9 +25,8 @@ def get_sweep(dry_run: bool = False) -> Sweep:
         nuisance={
             "learning_rate": LogUniform(1e-4, 1e-1),
             "batch_size": Choice((32, 128)),
-            "bn_momentum": ComplementLogUniform(0.9, 0.999),
         },
-        fixed={"optimizer": "adam", "bn_placement": "before"},
+        fixed={"optimizer": "adam", "lr_schedule": "cosine", "warmup_epochs": 1, "bn_placement": "before"},
         budget=Budget(trials_per_arm=16, max_epochs=10, grace_epochs=2, reduction_factor=3, seeds=10),
         resources=Resources(cpu=1),
         comparisons=[Comparison("True", "False")],

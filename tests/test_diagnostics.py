@@ -8,7 +8,8 @@ import tensorflow as tf
 from bnsearch import data, train
 from bnsearch.diagnostics import bn_diagnostics, bn_layers
 
-KEYS = {"bn_layers", "bn_train_mode_val_accuracy", "bn_eval_mode_val_accuracy", "bn_mode_gap", "bn_mean_shift", "bn_var_log_ratio", "bn_stale_stats"}
+KEYS = {"bn_layers", "bn_channels", "bn_dead_channels", "bn_train_mode_val_accuracy", "bn_eval_mode_val_accuracy",
+        "bn_precise_val_accuracy", "bn_mode_gap", "bn_mean_shift", "bn_var_log_ratio", "bn_stale_stats"}
 SPLITS = data.split(data.load("digits"), 0, 0.1)
 SHAPE, CLASSES = SPLITS.input_shape, SPLITS.num_classes
 
@@ -118,7 +119,7 @@ def test_registered_models_can_be_diagnosed(name):
     keras.utils.set_random_seed(0)
     model = train.build_model(name, {"bn_placement": "before", **options}, shape, 3)
     ds = tf.data.Dataset.from_tensor_slices((np.random.default_rng(0).random((16, *shape), np.float32), np.arange(16) % 3)).batch(8)
-    d = bn_diagnostics(model, ds, ds, max_train_batches=1)
+    d = bn_diagnostics(model, ds.take(1), ds)
     assert d["bn_layers"] == len(bn_layers(model)) > 0 and d["bn_stale_stats"] == 1.0  # never trained
 
 
@@ -129,4 +130,33 @@ def test_run_reports_bn_diagnostics_with_the_final_epoch_only():
     assert [m["epoch"] for m in reports] == [1, 2, 3]
     assert all(not any(k.startswith("bn_") for k in m) for m in reports[:-1])
     assert KEYS <= set(final) and final["bn_layers"] == 1.0 and final["bn_stale_stats"] == 0.0
-    assert final["bn_eval_mode_val_accuracy"] == pytest.approx(final["val_accuracy"], abs=1e-6)
+    # verdicts use precise statistics by default; the moving ones are logged beside them
+    assert final["bn_precise_val_accuracy"] == pytest.approx(final["val_accuracy"], abs=1e-6)
+    assert final["bn_eval_mode_val_accuracy"] == pytest.approx(final["val_accuracy_moving"], abs=1e-6)
+
+
+def test_dead_channels_are_counted_not_exploded():
+    model = fit(mlp("after"), epochs=2)  # BN after the ReLU: a dead unit feeds BN a constant 0
+    dense, bn = model.get_layer("dense0"), model.get_layer("dense0_bn")
+    kernel, bias = dense.get_weights()
+    kernel[:, :5], bias[:5] = 0.0, -1.0  # five units that never fire
+    dense.set_weights([kernel, bias])
+    bn.moving_mean.assign(bn.moving_mean.numpy() + 0.5)  # and stale moving means on them
+    d = diagnose(model)
+    assert d["bn_channels"] == 64.0 and 5.0 <= d["bn_dead_channels"] < 32  # ours, and any the run killed itself
+    assert d["bn_mean_shift"] < 20  # without the dead channels' zero variance in the denominator
+
+
+def test_lost_updates_a_frozen_bn_and_a_forced_inference_pass_give_the_signs_the_docstring_says():
+    lost = fit(mlp(momentum=0.9))
+    for layer in bn_layers(lost):  # training normalized with batch statistics; the updates never landed
+        layer.moving_mean.assign(np.zeros(layer.moving_mean.shape))
+        layer.moving_variance.assign(np.ones(layer.moving_variance.shape))
+    d = diagnose(lost)
+    assert d["bn_stale_stats"] == 1.0 and d["bn_mode_gap"] > 0.1  # measured: +0.15
+    frozen = mlp()
+    for layer in bn_layers(frozen):
+        layer.trainable = False  # Keras 3 then runs BN in inference mode, also in training
+    d = diagnose(fit(frozen))
+    assert d["bn_stale_stats"] == 1.0 and d["bn_mode_gap"] == 0.0
+    assert diagnose(fit_with_the_training_flag_bug(mlp()))["bn_mode_gap"] < 0

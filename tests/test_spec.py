@@ -14,9 +14,15 @@ def base(**changes) -> Sweep:
     sweep = Sweep(
         name="t", model="mlp", dataset="digits",
         scientific={"bn_placement": ("none", "before")},
-        nuisance={"learning_rate": LogUniform(1e-4, 1e-1), "bn_momentum": ComplementLogUniform(0.9, 0.999)},
+        nuisance={"learning_rate": LogUniform(1e-4, 1e-1), "bn_epsilon": LogUniform(1e-5, 1e-2)},
     )
     return sweep.replace(**changes)
+
+
+def moving(**changes) -> Sweep:
+    """A sweep about the moving averages themselves, where BN momentum can matter."""
+    return base(fixed={"bn_statistics": "moving"}, nuisance={"learning_rate": LogUniform(1e-4, 1e-1),
+                                                             "bn_momentum": ComplementLogUniform(0.9, 0.999)}).replace(**changes)
 
 
 def problems(sweep: Sweep) -> dict[str, str]:
@@ -38,8 +44,14 @@ def test_a_good_spec_validates():
         ({"nuisance": {"learning_rate": Uniform(-1, 1)}}, "nuisance.learning_rate", "must be a number > 0, got -1"),
         ({"fixed": {"learning_rate": 0.0}}, "fixed.learning_rate", "must be a number > 0"),
         ({"fixed": {"bn_momentum": 1.0}}, "fixed.bn_momentum", "in (0, 1)"),
-        ({"nuisance": {"bn_momentum": ComplementLogUniform(0.9, 1.0)}}, "nuisance.bn_momentum", "high < 1"),
-        ({"nuisance": {"bn_momentum": Choice((0.9, 0.0))}}, "nuisance.bn_momentum", "in (0, 1)"),
+        ({"nuisance": {"bn_momentum": ComplementLogUniform(0.9, 0.99)}}, "nuisance.bn_momentum",
+         "cannot change a result evaluated with bn_statistics='precise'"),
+        ({"scientific": {"bn_momentum": (0.9, 0.99)}}, "scientific.bn_momentum", "set fixed={'bn_statistics': 'moving'}"),
+        ({"nuisance": {"bn_statistics": Choice(("precise", "moving"))}}, "nuisance.bn_statistics", "not a nuisance"),
+        ({"fixed": {"bn_statistics": "running"}}, "fixed.bn_statistics", "one of precise, moving"),
+        ({"fixed": {"lr_schedule": "step"}}, "fixed.lr_schedule", "one of constant, cosine"),
+        ({"fixed": {"warmup_epochs": -1}}, "fixed.warmup_epochs", "a number of epochs >= 0"),
+        ({"fixed": {"warmup_epochs": 10}, "budget": Budget(max_epochs=10)}, "fixed.warmup_epochs", "below budget.max_epochs=10"),
         ({"fixed": {"bn_epsilon": 0}}, "fixed.bn_epsilon", "must be a number > 0"),
         ({"nuisance": {"batch_size": Choice((32, 0))}}, "nuisance.batch_size", "a whole number >= 1, got 0"),
         ({"fixed": {"batch_size": 1.5}}, "fixed.batch_size", "a whole number >= 1"),
@@ -83,6 +95,15 @@ def test_each_bad_value_gets_one_line_naming_the_field(changes, field, message):
     assert message in found[field]
 
 
+@pytest.mark.parametrize("changes, field, message", [
+    ({"nuisance": {"bn_momentum": ComplementLogUniform(0.9, 1.0)}}, "nuisance.bn_momentum", "high < 1"),
+    ({"nuisance": {"bn_momentum": Choice((0.9, 0.0))}}, "nuisance.bn_momentum", "in (0, 1)"),
+])
+def test_bad_momentum_values_are_named_where_momentum_can_matter(changes, field, message):
+    assert moving().validate() is None
+    assert message in problems(moving(**changes))[field]
+
+
 def test_all_bad_fields_are_reported_together():
     found = problems(base(fixed={"learning_rate": -1.0, "batch_size": 0}))
     assert set(found) == {"fixed.learning_rate", "fixed.batch_size"}
@@ -92,9 +113,22 @@ def test_all_bad_fields_are_reported_together():
 def test_arms_and_conditional_bn_parameters():
     sweep = base()
     assert list(sweep.arms()) == ["none", "before"]
-    assert set(sweep.nuisance_for("before")) == {"learning_rate", "bn_momentum"}
-    assert set(sweep.nuisance_for("none")) == {"learning_rate"}  # no BN, no BN parameters
-    assert "bn_epsilon" not in sweep.arm_config("none") and sweep.arm_config("before")["bn_epsilon"] == 1e-3
+    before, none = sweep.resolve("before"), sweep.resolve("none")
+    assert before.has_bn and not none.has_bn
+    assert set(before.nuisance) == {"learning_rate", "bn_epsilon"}
+    assert set(none.nuisance) == {"learning_rate"}  # no BN, no BN parameters
+    assert "bn_momentum" not in none.config and "bn_statistics" not in none.config
+    assert before.config["bn_momentum"] == 0.99 and before.config["bn_statistics"] == "precise"
+
+
+def test_an_arm_whose_only_bn_is_before_the_output_searches_bn_parameters():
+    sweep = base(scientific={"output_bn": (False, True)}, fixed={"bn_placement": "none"})
+    assert set(sweep.resolve("True").nuisance) == {"learning_rate", "bn_epsilon"}
+    assert set(sweep.resolve("False").nuisance) == {"learning_rate"}
+    # the same through model_args: the spec, the search space and the trial all see one resolution
+    via_model_args = base(scientific={"bn_placement": ("none",)}, model_args={"output_bn": True})
+    arm = via_model_args.resolve("none")
+    assert arm.has_bn and "bn_epsilon" in arm.nuisance and arm.config["bn_epsilon"] == 1e-3
 
 
 def test_several_scientific_hyperparameters_cross_into_named_arms():
@@ -103,11 +137,11 @@ def test_several_scientific_hyperparameters_cross_into_named_arms():
         "bn_placement=none,batch_size=16", "bn_placement=none,batch_size=256",
         "bn_placement=before,batch_size=16", "bn_placement=before,batch_size=256",
     ]
-    assert sweep.arm_config("bn_placement=before,batch_size=256")["batch_size"] == 256
+    assert sweep.resolve("bn_placement=before,batch_size=256").config["batch_size"] == 256
 
 
 def test_spec_record_is_json():
-    record = json.loads(json.dumps(base().to_dict()))
+    record = json.loads(json.dumps(moving().to_dict()))
     assert record["nuisance"]["bn_momentum"] == {"distribution": "ComplementLogUniform", "low": 0.9, "high": 0.999}
     assert record["budget"]["trials_per_arm"] == 8
 

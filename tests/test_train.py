@@ -1,9 +1,10 @@
+import json
 import math
 import os
 
 import pytest
 
-from bnsearch import train
+from bnsearch import results, train
 
 CONFIG = {"seed": 3, "bn_placement": "before", "learning_rate": 0.01, "batch_size": 64, "hidden_sizes": (16,)}
 
@@ -120,3 +121,88 @@ def test_without_nvidia_smi_gpus_grow_on_demand_and_whole_gpus_are_left_alone(fa
     for whole in (0, 1):
         train.setup_tensorflow(gpu_share=whole)
     assert fake_gpus["growth"] == ["gpu:0", "gpu:1"] and not fake_gpus["limits"]
+
+
+STEP_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy", "val_accuracy_moving", "val_accuracy_precise")
+
+
+def test_a_resumed_run_continues_the_same_run(tmp_path):
+    """Data order from (seed, epoch), the schedule from the optimizer's step count, moving
+    statistics untouched by recalibration: resumed at epoch 1, epochs 2-4 match."""
+    config = {**CONFIG, "lr_schedule": "cosine", "warmup_epochs": 1}
+    whole, uninterrupted = fit(config, epochs=4, report=Recorder(keep_checkpoint_at=1, tmp=tmp_path))
+    final, resumed = fit(config, epochs=4, restore_dir=str(uninterrupted.kept))
+    assert [m["epoch"] for m, _ in resumed.reports] == [2, 3, 4]
+    for (a, _), (b, _) in zip(uninterrupted.reports[1:], resumed.reports):
+        for key in STEP_METRICS:
+            assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-6), key
+    assert final["test_accuracy"] == pytest.approx(whole["test_accuracy"], abs=1e-9)
+
+
+def test_each_epoch_has_its_own_order_from_seed_and_epoch():
+    a, b = train.epoch_order(3, 0, 100), train.epoch_order(3, 1, 100)
+    assert sorted(a) == list(range(100)) and (a != b).any()
+    assert (train.epoch_order(3, 1, 100) == b).all() and (train.epoch_order(4, 1, 100) != b).any()
+
+
+def test_warmup_then_constant_or_cosine():
+    steps, epochs = 10, 3
+    cosine = train.learning_rate({"learning_rate": 0.1, "lr_schedule": "cosine", "warmup_epochs": 1}, steps, epochs)
+    constant = train.learning_rate({"learning_rate": 0.1, "warmup_epochs": 1}, steps, epochs)
+    at = lambda schedule, step: float(schedule(step))  # noqa: E731
+    assert at(cosine, 0) == 0.0 and at(cosine, 5) == pytest.approx(0.05) and at(cosine, 10) == pytest.approx(0.1)
+    assert at(cosine, 20) == pytest.approx(0.05) and at(cosine, 30) == pytest.approx(0.0, abs=1e-9)
+    assert at(constant, 5) == pytest.approx(0.05) and at(constant, 10) == at(constant, 30) == pytest.approx(0.1)
+    assert train.learning_rate({"learning_rate": 0.1}, steps, epochs) == 0.1  # no schedule asked: a plain number
+
+
+def test_a_run_that_does_not_learn_is_collapsed_not_finished():
+    final, rec = fit({**CONFIG, "bn_placement": "none", "optimizer": "sgd", "learning_rate": 1.0, "batch_size": 32}, epochs=3)
+    assert final["collapsed"] == 1.0 and final["diverged"] == 0.0 and math.isfinite(final["loss"])
+    assert final["accuracy"] < 0.15 and "test_accuracy" in final  # at chance (10 classes), evaluated, not NaN
+    flags = [m["collapsed"] for m, _ in rec.reports]
+    assert flags[-1] == 1.0 and not any(flags[:-1])  # the run stops where it collapses (here after learning a little)
+
+
+def test_the_collapse_rule_spares_slow_starts_and_stops_a_run_that_learned_then_died():
+    def reporter(max_epochs):
+        return train.EpochReporter(None, 1, {"epoch": 0, "train_time_s": 0.0}, max_epochs, None, chance=(0.1, math.log(10)))
+    slow = reporter(10)
+    assert not any(slow.collapsed(e, {"accuracy": 0.11, "loss": 2.30}) for e in range(9))  # not yet learning
+    assert slow.collapsed(9, {"accuracy": 0.11, "loss": 2.30})  # still at chance at the end of its budget
+    died = reporter(10)
+    assert not died.collapsed(0, {"accuracy": 0.6, "loss": 1.2})
+    assert not died.collapsed(1, {"accuracy": 0.11, "loss": 1.9})  # the loss says it still discriminates
+    assert died.collapsed(2, {"accuracy": 0.11, "loss": 2.30})
+
+
+def test_precise_statistics_measure_the_network_where_lagging_moving_ones_measure_the_lag():
+    config = {**CONFIG, "bn_momentum": 0.999, "hidden_sizes": (32, 32)}  # ~40 steps: the averages barely move
+    final, _ = fit(config, epochs=2)
+    assert final["val_accuracy_precise"] > 0.9 and final["val_accuracy_precise"] - final["val_accuracy_moving"] > 0.2  # 0.98 vs 0.70
+    assert final["val_accuracy"] == final["val_accuracy_precise"] and final["test_accuracy"] == final["test_accuracy_precise"]
+    assert abs(final["test_accuracy"] - final["test_accuracy_batch"]) < 0.05  # what the network does with batch statistics
+    moving, _ = fit({**config, "bn_statistics": "moving"}, epochs=2)
+    assert moving["val_accuracy"] == moving["val_accuracy_moving"] == pytest.approx(final["val_accuracy_moving"])
+
+
+def test_the_validation_split_follows_split_seed_and_the_last_epoch_keeps_per_example_results(monkeypatch):
+    drawn, split = [], train.datasets.split
+    monkeypatch.setattr(train.datasets, "split", lambda arrays, seed, fraction: drawn.append(seed) or split(arrays, seed, fraction))
+    files = {}
+    final = train.run({**CONFIG, "seed": 1, "split_seed": 7}, model="mlp", dataset="digits", dataset_args={}, max_epochs=1,
+                      report=lambda m, c: None, keep=files.update)
+    train.run({**CONFIG, "seed": 2}, model="mlp", dataset="digits", dataset_args={}, max_epochs=1, report=lambda m, c: None)
+    assert drawn == [7, 2]  # the split seed when given (the search phase shares one), else the seed
+    correct = results.unpack_correct(files[train.TEST_CORRECT_FILE], int(final["test_examples"]))
+    assert len(correct) == 359 and correct.mean() == pytest.approx(final["test_accuracy"])  # digits' fixed test set
+    layers = json.loads(files[train.BN_LAYERS_FILE])
+    assert [r["layer"] for r in layers] == ["dense0_bn"] and layers[0]["channels"] == 16
+
+
+def test_epoch_time_counts_training_steps_only():
+    final, rec = fit(epochs=3)
+    first, later = rec.reports[0][0], [m for m, _ in rec.reports[1:]]
+    assert first["trace_time_s"] > 0 and all("trace_time_s" not in m for m in later)  # tracing: start-up, once
+    assert all(m["eval_time_s"] > 0 and m["recalibration_time_s"] > 0 for m, _ in rec.reports)
+    assert first["epoch_time_s"] < 5 * max(m["epoch_time_s"] for m in later)  # not the trace
