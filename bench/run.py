@@ -74,7 +74,7 @@ def bnsearch_run(n: int, epochs: int, track: bool = True) -> dict:
         uri = tracking.default_tracking_uri(storage)
         tracker = tracking.SweepTracker(uri, "bench", artifact_root=tracking.local_artifact_root(uri, storage))
         tracker.start_sweep("bench", params={}, tags={}, artifacts={})
-        todo = [{**sweep.arm_config("before"), **c, "arm": "before", "phase": "replicate", "trial_index": i, "seed": i}
+        todo = [{**sweep.resolve("before").config, **c, "arm": "before", "phase": "replicate", "trial_index": i, "seed": i}
                 for i, c in enumerate(configs(n))]
         start = time.perf_counter()  # Ray's start-up included: a user pays it too
         outcome = trainable.run_phase(sweep, "replicate", tracker=tracker, sweep_id="bench", storage=storage,

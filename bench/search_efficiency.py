@@ -15,7 +15,7 @@ import statistics
 
 import optuna
 
-GRID = {"learning_rate": (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1), "batch_size": (32, 128), "bn_momentum": (0.9, 0.99)}
+GRID = {"learning_rate": (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1), "batch_size": (32, 128), "bn_epsilon": (1e-5, 1e-3)}
 QUICK_GRID = {"learning_rate": GRID["learning_rate"], "batch_size": (32, 128)}
 TOLERANCE = 0.5  # accuracy points
 SEEDS = 11

@@ -15,17 +15,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import pandas as pd
 
-matplotlib.use("Agg")  # files only; no display on a cluster node
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+from bnsearch import plots, results, search, stats
+from bnsearch.spec import FAILURES, Comparison
 
-from bnsearch import results, search, stats  # noqa: E402
-from bnsearch.spec import FAILURES, Comparison  # noqa: E402
-
-BN_COLUMNS = ("bn_mode_gap", "bn_mean_shift", "bn_var_log_ratio", "bn_stale_stats")
+BN_COLUMNS = ("bn_mode_gap", "bn_mean_shift", "bn_var_log_ratio", "bn_dead_channels", "bn_stale_stats")
+# Final test accuracy with each kind of BN statistics, beside the one the verdicts use.
+EVALUATIONS = {"test_accuracy_precise": "precise statistics", "test_accuracy_moving": "moving statistics",
+               "test_accuracy_batch": "batch statistics"}
 MODE_GAP_WARNING = 0.05  # inference-mode BN losing more than 5 points of accuracy is worth a warning
 
 
@@ -58,12 +56,13 @@ def build(table: pd.DataFrame, spec: dict[str, Any], out: str | Path) -> Built:
     else:
         final = results.final_values(table, metric, "replicate")
         analysis = stats.analyze(final, comparisons, metric=metric)
-        blocks += _verdicts(analysis, final)
+        blocks += _verdicts(analysis, final, replicate)
         blocks += _arms(analysis, table, arms, metric, list(spec.get("nuisance", {})))
-        blocks += [("img", _strip_plot(final, arms, analysis, metric, out / "plots" / "seeds.png"))]
+        blocks += _evaluations(replicate, arms)
+        blocks += [("img", plots.strip_plot(final, arms, analysis, metric, out / "plots" / "seeds.png"))]
         blocks += _pairs(analysis, out)
         blocks += [("h2", "Learning curves (replicate phase)"),
-                   ("img", _learning_curves(replicate, arms, out / "plots" / "learning_curves.png")),
+                   ("img", plots.learning_curves(replicate, arms, out / "plots" / "learning_curves.png")),
                    ("p", "Mean over seeds per epoch; the band is ± one standard deviation across seeds.")]
         lines += [f"{p.a} vs {p.b} ({p.kind}): {p.verdict.upper()}. {p.explanation}" for p in analysis.pairs]
         lines += [f"  {s.arm}: {s.mean:.2f} points (95% CI {s.ci_low:.2f} to {s.ci_high:.2f}), n={s.n}, failed {s.n_failed}"
@@ -92,13 +91,39 @@ def _seed_text(replicate: pd.DataFrame) -> str:
 # --- sections -------------------------------------------------------------------------------
 
 
-def _verdicts(analysis: stats.Analysis, final: pd.DataFrame) -> list:
+def _verdicts(analysis: stats.Analysis, final: pd.DataFrame, replicate: pd.DataFrame) -> list:
     items = [f"**{p.a} vs {p.b}** ({p.kind}, smallest effect of interest ±{p.sesoi:g} points): "
              f"**{p.verdict}**. {p.explanation}" for p in analysis.pairs]
     return [("h2", "Verdicts"), ("ul", items),
             ("p", f"Metric: final `{analysis.metric}` at the full epoch budget, in accuracy points, over "
                   f"{final['seed'].nunique()} seeds per arm; α = {analysis.alpha}, Holm-corrected across the "
-                  f"{len(analysis.pairs)} declared comparison(s).")]
+                  f"{len(analysis.pairs)} declared comparison(s). Failed runs (diverged, collapsed, crashed) count in each "
+                  f"arm's failure rate. {_statistics_text(replicate)}")]
+
+
+def _statistics_text(replicate: pd.DataFrame) -> str:
+    """Which BN statistics the accuracies (and so the verdicts) use, per arm with BN."""
+    if "config.bn_statistics" not in replicate:
+        return "No arm has BN."
+    used = replicate.dropna(subset=["config.bn_statistics"]).groupby("config.bn_statistics")["arm"].unique()
+    words = {"precise": "precise BN statistics (population statistics recomputed over training batches with the final "
+                        "weights, PreciseBN)", "moving": "BN's moving averages (Keras' inference default)"}
+    return " ".join(f"Arms {', '.join(f'`{a}`' for a in arms)} are evaluated with {words.get(kind, kind)}." for kind, arms in used.items())
+
+
+def _evaluations(replicate: pd.DataFrame, arms: list[str]) -> list:
+    """Per arm, mean final test accuracy with each kind of BN statistics: where they part, the
+    moving averages lag (or BN's bookkeeping is broken) and the choice of statistics matters."""
+    present = [c for c in EVALUATIONS if c in replicate]
+    if not present:
+        return []
+    last = replicate.sort_values("epoch").groupby("trial_key").tail(1)
+    rows = [{"arm": arm, "verdicts use": f"{100 * last[last['arm'] == arm]['test_accuracy'].mean():.2f}",
+             **{EVALUATIONS[c]: f"{100 * last[last['arm'] == arm][c].mean():.2f}" for c in present}}
+            for arm in arms if arm in set(last["arm"])]
+    return [("h3", "Test accuracy by BN statistics (mean over seeds)"), ("table", pd.DataFrame(rows).replace("nan", "-")),
+            ("p", "Batch statistics: every BN normalizes by the test batch's own statistics (batches of the training batch "
+                  "size), what the network computed in training. Arms without BN show the same number everywhere.")]
 
 
 def _arms(analysis: stats.Analysis, table: pd.DataFrame, arms: list[str], metric: str, nuisance: list[str]) -> list:
@@ -143,7 +168,7 @@ def _pairs(analysis: stats.Analysis, out: Path) -> list:
         "min. detectable effect": f"{p.mde:.2f}", "SESOI": f"{p.sesoi:g}", "seeds per arm for SESOI": p.seeds_needed,
     } for p in analysis.pairs]
     return [("h2", "Comparisons"), ("table", pd.DataFrame(rows).fillna("-")),
-            ("img", _forest_plot(analysis.pairs, out / "plots" / "differences.png")),
+            ("img", plots.forest_plot(analysis.pairs, out / "plots" / "differences.png")),
             ("p", "Holm p is the primary test's p (difference: the t-test; equivalence: TOST) corrected across the "
                   "family. P(A>B): the chance that a seed of A beats a seed of B, with a bootstrap 95% CI."),
             ("h2", "Power"), ("table", pd.DataFrame(power)),
@@ -159,10 +184,12 @@ def _diagnostics(table: pd.DataFrame) -> list:
     means = with_bn.groupby(["phase", "arm"])[present].mean().reset_index()
     blocks = [("h2", "BN diagnostics (after the last epoch)"),
               ("table", means.map(lambda v: _fmt(v) if isinstance(v, float) else v)),
-              ("p", "`bn_mode_gap`: validation accuracy with batch statistics minus with the moving statistics; "
-                    "`bn_mean_shift` / `bn_var_log_ratio`: how far the moving mean / variance sit from the population "
-                    "statistics recomputed over the training data (worst layer); `bn_stale_stats`: the moving statistics "
-                    "were never updated (BN run in inference mode during training).")]
+              ("p", "`bn_mode_gap`: validation accuracy with batch statistics minus with the moving statistics (large "
+                    "when the moving averages lag the weights; verdicts evaluated with precise statistics do not depend on "
+                    "them); `bn_mean_shift` / `bn_var_log_ratio`: how far the moving mean / variance sit from the population "
+                    "statistics recomputed with the final weights (live channels, worst layer; per layer in each run's "
+                    "`bn_layers.json`); `bn_dead_channels`: channels BN maps to a constant (dead units feeding it); "
+                    "`bn_stale_stats`: the moving statistics were never updated.")]
     blocks += [("p", f"**Warning:** {w}") for w in _bn_warnings(table)]
     return blocks
 
@@ -177,7 +204,14 @@ def _bn_warnings(table: pd.DataFrame) -> list[str]:
     if len(stale):
         warnings.append(f"{len(stale)} trial(s) never updated their BN moving statistics: "
                         + ", ".join(f"{r.phase}/{r.arm}/seed {r.seed}" for r in stale.itertuples()))
-    gaps = last[last["phase"] == "replicate"].groupby("arm")["bn_mode_gap"].mean().dropna()
+    replicate = last[last["phase"] == "replicate"]
+    if "test_accuracy_batch" in replicate:
+        gaps = (replicate["test_accuracy_batch"] - replicate["test_accuracy"]).groupby(replicate["arm"]).mean().dropna()
+        for arm, gap in gaps[gaps.abs() > MODE_GAP_WARNING].items():
+            warnings.append(f"in arm {arm}, test accuracy with batch statistics differs by {100 * gap:+.1f} points from the "
+                            "accuracy the verdicts use: BN at inference does not compute what the network learned.")
+        return warnings
+    gaps = replicate.groupby("arm")["bn_mode_gap"].mean().dropna()
     for arm, gap in gaps[gaps > MODE_GAP_WARNING].items():
         warnings.append(f"in arm {arm}, validation accuracy is {100 * gap:.1f} points higher with batch statistics than "
                         "with the moving statistics used at inference: they lag the weights (too few steps for the BN "
@@ -190,127 +224,28 @@ def _search(table: pd.DataFrame, arms: list[str], spec: dict[str, Any], out: Pat
     if last.empty:
         return []
     metric = spec.get("metric", "val_accuracy")
-    counts = last.groupby(["arm", "status"]).size().unstack(fill_value=0).reset_index()
+    counts = last.groupby(["arm", "status"]).size().unstack(fill_value=0)
+    counts["epochs"] = last.groupby("arm")["epoch"].sum()
+    if "train_time_s" in last:
+        counts["training s"] = last.groupby("arm")["train_time_s"].sum().round(1)
+    counts = counts.reset_index()
     blocks = [("h2", "Search phase"),
               ("p", f"{len(last)} trials, {int(table[table['phase'] == 'search'].shape[0])} epochs; every arm tuned by its own "
-                    f"Optuna study ({spec['budget']['sampler']}) with the same budget, {metric} at each trial's last epoch."),
+                    f"Optuna study ({spec['budget']['sampler']}) with the same number of trials that ran (a crashed trial is "
+                    f"replaced), all validated on one shared split; each arm's configuration was chosen on {metric} averaged "
+                    f"over a trial's last {results.SELECTION_EPOCHS} epochs. Early stopping makes the epochs and training "
+                    "seconds each arm spent differ: they are in the table."),
               ("table", counts)]
     importances = []
     for arm in arms:
         rows = last[(last["arm"] == arm) & ~last["status"].isin(FAILURES)].dropna(subset=[metric])
-        configs = [_search_config(r) for _, r in rows.iterrows()]
+        configs = [results.searched_config(r) for _, r in rows.iterrows()]
         for name, value in search.param_importances(configs, list(rows[metric])).items():
             importances.append({"arm": arm, "hyperparameter": name, "importance (fANOVA)": f"{value:.2f}"})
     if importances:
         blocks += [("h3", "Hyperparameter importance"), ("table", pd.DataFrame(importances))]
-    blocks += [("h3", "Parallel coordinates"), ("img", _parallel_coordinates(last, arms, metric, out / "plots" / "search.png"))]
+    blocks += [("h3", "Parallel coordinates"), ("img", plots.parallel_coordinates(last, arms, metric, out / "plots" / "search.png"))]
     return blocks
-
-
-def _search_config(row: pd.Series) -> dict[str, Any]:
-    config = results.config_of(row)
-    for name in [k for k in config if k.startswith("one_minus_")]:  # searched on this scale
-        config.pop(name.removeprefix("one_minus_"), None)
-    return config
-
-
-# --- plots ----------------------------------------------------------------------------------
-
-
-def _strip_plot(final: pd.DataFrame, arms: list[str], analysis: stats.Analysis, metric: str, path: Path) -> Path:
-    fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(arms), 4))
-    position = {arm: i for i, arm in enumerate(arms)}
-    ok = final.dropna(subset=["value"])
-    for _, seed_rows in ok.groupby("seed"):  # one grey line per seed joins its arms
-        seed_rows = seed_rows.sort_values("arm", key=lambda s: s.map(position))
-        ax.plot(seed_rows["arm"].map(position), seed_rows["value"], color="0.8", lw=0.8, zorder=1)
-    for arm in arms:
-        values = ok[ok["arm"] == arm]["value"]
-        ax.scatter(np.full(len(values), position[arm]), values, s=18, zorder=2)
-    for s in analysis.arms:
-        x = position[s.arm] + 0.18
-        ax.errorbar(x, s.mean, yerr=[[s.mean - s.ci_low], [s.ci_high - s.mean]], fmt="o", color="k", capsize=3, zorder=3)
-    ax.set_xticks(range(len(arms)), arms)
-    ax.set_ylabel(f"final {metric} (points)")
-    ax.set_title("Per seed (lines join a seed's arms); mean with 95% CI", fontsize=9)
-    return _save(fig, path)
-
-
-def _forest_plot(pairs: list[stats.PairResult], path: Path) -> Path:
-    fig, ax = plt.subplots(figsize=(6, 1 + 0.6 * len(pairs)))
-    for i, p in enumerate(pairs):
-        ax.fill_betweenx([i - 0.35, i + 0.35], -p.sesoi, p.sesoi, color="tab:green", alpha=0.15, lw=0)
-        ax.errorbar(p.difference, i, xerr=[[p.difference - p.ci_low], [p.ci_high - p.difference]], fmt="o", color="k", capsize=3)
-    ax.axvline(0, color="0.5", lw=0.8)
-    ax.set_yticks(range(len(pairs)), [f"{p.a} − {p.b}" for p in pairs])
-    ax.invert_yaxis()
-    ax.set_xlabel("difference in points, 95% CI (green: ± smallest effect of interest)")
-    return _save(fig, path)
-
-
-def _learning_curves(replicate: pd.DataFrame, arms: list[str], path: Path) -> Path:
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    for ax, key, label in ((axes[0], "val_accuracy", "validation accuracy (points)"), (axes[1], "loss", "training loss")):
-        for arm in arms:
-            rows = replicate[(replicate["arm"] == arm)]
-            if key not in rows or rows[key].isna().all():
-                continue
-            scale = 100 if key.endswith("accuracy") else 1
-            by_epoch = rows.groupby("epoch")[key].agg(["mean", "std"]) * scale
-            ax.plot(by_epoch.index, by_epoch["mean"], label=arm)
-            ax.fill_between(by_epoch.index, by_epoch["mean"] - by_epoch["std"].fillna(0),
-                            by_epoch["mean"] + by_epoch["std"].fillna(0), alpha=0.2)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(label)
-    axes[0].legend()
-    return _save(fig, path)
-
-
-def _parallel_coordinates(last: pd.DataFrame, arms: list[str], metric: str, path: Path) -> Path:
-    fig, axes = plt.subplots(len(arms), 1, figsize=(8, 2.4 * len(arms)), squeeze=False)
-    for ax, arm in zip(axes[:, 0], arms):
-        rows = last[(last["arm"] == arm) & ~last["status"].isin(FAILURES)].dropna(subset=[metric])
-        configs = [_search_config(r) for _, r in rows.iterrows()]
-        names = sorted({k for c in configs for k in c if len({repr(x.get(k)) for x in configs}) > 1})
-        columns = {name: _axis([c.get(name) for c in configs]) for name in names}
-        columns[metric] = _axis(list(rows[metric]))
-        for i, (scaled, low, high) in enumerate(columns.values()):
-            ax.text(i, -0.12, low, ha="center", va="top", fontsize=7)
-            ax.text(i, 1.04, high, ha="center", va="bottom", fontsize=7)
-        matrix = np.array([scaled for scaled, _, _ in columns.values()]).T
-        for line in matrix:
-            ax.plot(range(len(columns)), line, color=plt.cm.viridis(line[-1]), alpha=0.8)
-        ax.set_xticks(range(len(columns)), list(columns), fontsize=8)
-        ax.tick_params(axis="x", pad=12)
-        ax.set_ylim(-0.05, 1.05)
-        ax.set_yticks([])
-        ax.set_title(f"{arm}: one line per search trial that did not diverge, colour = {metric} (yellow best)", fontsize=9, pad=14)
-    return _save(fig, path)
-
-
-def _axis(values: list) -> tuple[list[float], str, str]:
-    """Values scaled to [0, 1] (numbers on a log scale when positive over a decade, else
-    category ranks), with labels for the bottom and top of the axis."""
-    if not values:
-        return [], "", ""
-    if all(isinstance(v, (int, float)) and not isinstance(v, bool) and not results.missing(v) for v in values):
-        x = np.asarray(values, dtype=float)
-        low, high = f"{x.min():.3g}", f"{x.max():.3g}"
-        if x.min() > 0 and x.max() / x.min() >= 10:
-            x = np.log10(x)
-    else:
-        order = sorted({repr(v) for v in values})
-        x = np.array([order.index(repr(v)) for v in values], dtype=float)
-        low, high = order[0], order[-1]
-    span = x.max() - x.min()
-    return (list((x - x.min()) / span) if span > 0 else [0.5] * len(x)), low, high
-
-
-def _save(fig, path: Path) -> Path:
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
 
 
 # --- rendering ------------------------------------------------------------------------------

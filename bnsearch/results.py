@@ -131,6 +131,14 @@ def config_of(row: pd.Series) -> dict[str, Any]:
     return {k.removeprefix("config."): _config_value(v) for k, v in row.items() if k.startswith("config.") and not missing(v)}
 
 
+def searched_config(row: pd.Series) -> dict[str, Any]:
+    """A search trial's configuration on the scale it was searched on (``one_minus_momentum``, not ``momentum``)."""
+    config = config_of(row)
+    for name in [k for k in config if k.startswith("one_minus_")]:  # searched on this scale
+        config.pop(name.removeprefix("one_minus_"), None)
+    return config
+
+
 def missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and value != value)
 

@@ -7,7 +7,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 import bnsearch
-from bnsearch import cli
+from bnsearch import cli, results
 
 pytestmark = pytest.mark.integration
 
@@ -52,7 +52,7 @@ def test_every_arm_gets_its_budget_and_its_own_search_space(finished):
 def test_per_epoch_metrics_and_statuses(finished):
     _, client, _, children, _ = finished
     statuses = [c.data.tags["status"] for c in children]
-    assert set(statuses) <= {"finished", "stopped_early", "diverged"}
+    assert set(statuses) <= {"finished", "stopped_early", "diverged", "collapsed"}
     assert "stopped_early" in statuses, "ASHA stopped no trial"
     assert "diverged" in statuses and "finished" in statuses
     for c in children:
@@ -66,6 +66,9 @@ def test_per_epoch_metrics_and_statuses(finished):
             assert len(epochs) < 3
         if status == "diverged":
             assert c.data.params["learning_rate"] == "1e+30" and c.data.metrics["diverged"] == 1.0
+        if status == "collapsed":  # lr 1e-4 SGD: still at chance after its 3 epochs
+            assert c.data.params["learning_rate"] == "0.0001" and c.data.metrics["collapsed"] == 1.0
+    assert {c.data.params["split_seed"] for c in children} == {"9999"}, "every search trial validates on one split"
     assert all(c.data.tags["bn_moving_variance"] == "biased" and "version.tensorflow" in c.data.tags for c in children)
 
 
@@ -94,11 +97,26 @@ def test_replicate_reruns_each_arms_best_config_on_the_same_fresh_seeds(finished
     assert not set(seeds["none"]) & {int(r.data.tags["seed"]) for r in search_runs}
     for arm in ("none", "before"):
         finished_search = [r for r in search_runs if r.data.tags["arm"] == arm and r.data.tags["status"] == "finished"]
-        best = max(finished_search, key=lambda r: r.data.metrics["val_accuracy"])
+        smoothed = lambda r: sum(m.value for m in client.get_metric_history(r.info.run_id, "val_accuracy")[-3:])  # noqa: E731
+        best = max(finished_search, key=smoothed)  # chosen on the mean of its last 3 epochs
         for r in (r for r in runs if r.data.tags["arm"] == arm):
             assert (r.data.params["learning_rate"], r.data.params["batch_size"]) == (best.data.params["learning_rate"], best.data.params["batch_size"])
             steps = [m.step for m in client.get_metric_history(r.info.run_id, "val_accuracy")]
             assert steps == [1, 2, 3] and "test_accuracy" in r.data.metrics  # full budget, no early stopping
+            assert r.data.params["split_seed"] == r.data.tags["seed"]  # each seed re-draws its validation split
+
+
+def test_every_replicate_run_keeps_which_test_examples_it_got_right(finished, tmp_path):
+    _, client, parents, _, storage = finished
+    from bnsearch import tracking
+
+    tracker = tracking.SweepTracker(f"sqlite:///{storage}/mlflow.db", "tiny_mlp", create=False)
+    for r in replicate_runs(client, parents[0]):
+        n = int(r.data.metrics["test_examples"])
+        correct = results.unpack_correct(tracker.run_file(r.info.run_id, "test_correct.npy"), n)
+        assert n == 359 and abs(correct.mean() - r.data.metrics["test_accuracy"]) < 1e-9
+        if r.data.tags["arm"] == "before":
+            assert tracker.run_file(r.info.run_id, "bn_layers.json") is not None
 
 
 def test_the_report_and_results_table_are_logged_and_load_in_one_call(finished, tmp_path):
@@ -144,3 +162,16 @@ def test_replicating_again_repeats_nothing_and_more_seeds_add_only_the_new_ones(
     assert sorted((r.data.tags["arm"], int(r.data.tags["seed"])) for r in runs) == [
         (arm, seed) for arm in ("before", "none") for seed in range(4)]
     assert len({r.data.tags["trial_key"] for r in runs}) == 8
+
+
+def test_every_arm_learns_and_verdicts_use_accuracy_the_network_really_has(finished):
+    """The README's main job, in small: no arm at chance, and the accuracy the verdict uses
+    (precise BN statistics) within 5 points of what the network computes with batch statistics."""
+    _, _, _, _, storage = finished
+    table = bnsearch.load_results("tiny_mlp", tracking_uri=f"sqlite:///{storage}/mlflow.db")
+    last = results.last_epochs(table, "replicate")
+    for arm, runs in last.groupby("arm"):
+        assert runs["test_accuracy"].mean() >= 3 * 0.1, arm  # digits: 10 classes
+    bn = last[last["arm"] == "before"]
+    assert (bn["test_accuracy"] - bn["test_accuracy_batch"]).abs().max() < 0.05
+    assert (bn["test_accuracy"] == bn["test_accuracy_precise"]).all() and bn["config.bn_statistics"].eq("precise").all()

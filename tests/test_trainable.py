@@ -3,12 +3,12 @@
 from ray.tune.search import Searcher
 
 from bnsearch.spec import Budget, ComplementLogUniform, LogUniform, Sweep
-from bnsearch.trainable import SEARCH_SEED_BASE, ArmSearcher, FixedConfigs, trial_key
+from bnsearch.trainable import SEARCH_SEED_BASE, SEARCH_SPLIT_SEED, ArmSearcher, FixedConfigs, trial_key, trial_status
 
 SWEEP = Sweep(
     name="t", model="mlp", dataset="digits", scientific={"bn_placement": ("none", "before", "after")},
     nuisance={"learning_rate": LogUniform(1e-3, 1e-1), "bn_momentum": ComplementLogUniform(0.9, 0.999)},
-    budget=Budget(trials_per_arm=3, sampler="random"),
+    fixed={"bn_statistics": "moving"}, budget=Budget(trials_per_arm=3, sampler="random"),
 )
 
 
@@ -19,6 +19,7 @@ def test_round_robin_gives_every_arm_the_same_budget_then_finishes(tmp_path):
     assert searcher.suggest("t9") is Searcher.FINISHED
     for c in configs:
         assert c["seed"] == SEARCH_SEED_BASE + c["trial_index"] and c["phase"] == "search"
+        assert c["split_seed"] == SEARCH_SPLIT_SEED  # one validation split for every trial and arm
         assert ("bn_momentum" in c) == (c["arm"] != "none") and 1e-3 <= c["learning_rate"] <= 1e-1
     # searcher state survives a save/restore (what Tune does when a driver restarts)
     searcher.on_trial_complete("t0", {"val_accuracy": 0.5})
@@ -43,3 +44,30 @@ def test_trials_are_identified_by_arm_and_seed_or_trial_index_never_by_tune_id()
     assert trial_key("s", replicate) == "s/replicate/before/seed3"
     search = {"phase": "search", "arm": "before", "seed": 10_003, "trial_index": 3}
     assert trial_key("s", search) == "s/search/before/trial3" != trial_key("s", {**search, "arm": "none"})
+
+
+def test_a_crashed_trial_is_replaced_so_every_arm_gets_its_full_count():
+    searcher = ArmSearcher(SWEEP)
+    configs = {f"t{i}": searcher.suggest(f"t{i}") for i in range(9)}
+    for trial_id, config in configs.items():
+        searcher.on_trial_complete(trial_id, {"val_accuracy": 0.5}, error=(config["arm"], config["trial_index"]) == ("before", 1))
+    replacement = searcher.suggest("t9")
+    assert (replacement["arm"], replacement["trial_index"]) == ("before", 3)  # a new trial key, not the crashed one's
+    assert searcher.suggest("t10") is Searcher.FINISHED
+
+
+def test_replacements_are_bounded_when_every_trial_crashes():
+    searcher = ArmSearcher(SWEEP.replace(scientific={"bn_placement": ("before",)}))
+    handed_out = 0
+    while (config := searcher.suggest(f"t{handed_out}")) is not Searcher.FINISHED:
+        searcher.on_trial_complete(f"t{handed_out}", None, error=True)
+        handed_out += 1
+        assert config["trial_index"] == handed_out - 1
+    assert handed_out == 6  # the budget once, and as many replacements
+
+
+def test_statuses_from_the_last_result():
+    assert trial_status({"epoch": 3, "collapsed": 1.0}, 3) == "collapsed"
+    assert trial_status({"epoch": 2, "diverged": 1.0}, 3) == "diverged"
+    assert trial_status({"epoch": 3}, 3) == "finished" and trial_status({"epoch": 1}, 3) == "stopped_early"
+    assert trial_status({"epoch": 1}, 3, errored=True) == "failed"
