@@ -70,7 +70,10 @@ def compare(layers, moving: Statistics, population: Statistics) -> tuple[dict[st
             "var_log_ratio": float(log_ratio.mean()) if live.any() else float("nan"),
             "moving_untouched": bool(not mm.any() and (mv == 1).all()),
         })
-    worst = lambda key: float(np.nanmax([r[key] for r in per_layer])) if any(r[key] == r[key] for r in per_layer) else 0.0  # noqa: E731
+    def worst(key: str) -> float:  # over layers with a live channel
+        values = [r[key] for r in per_layer if r[key] == r[key]]
+        return float(max(values)) if values else 0.0
+
     mean_shift, var_log_ratio = worst("mean_shift"), worst("var_log_ratio")
     # Exact equality to the initial values is robust. A single update with momentum < 1 moves a
     # statistic off 0 or 1, and saving and loading a checkpoint keeps float32 values bit-exact, so
@@ -106,10 +109,13 @@ def bn_diagnostics(model, train_batches, val_ds) -> dict[str, float]:
     if not passes.layers:
         return {}
     labels = np.concatenate([np.reshape(y, -1) for _, y in val_ds])
-    inference = lambda: np.mean(np.concatenate([np.argmax(model(x, training=False), -1) for x, _ in val_ds]) == labels)  # noqa: E731
-    moving_accuracy = float(inference())
+
+    def accuracy() -> float:  # in inference mode, with whatever the moving statistics hold now
+        return float(np.mean(np.concatenate([np.argmax(model(x, training=False), -1) for x, _ in val_ds]) == labels))
+
+    moving_accuracy = accuracy()
     batch_accuracy = float(np.mean(passes.predictions(val_ds) == labels))
     with precise_statistics(passes, train_batches) as (population, moving):
-        precise_accuracy = float(inference())
+        precise_accuracy = accuracy()
     summary, _ = compare(passes.layers, moving, population)
     return {**summary, **accuracies(moving_accuracy, precise_accuracy, batch_accuracy)}

@@ -23,6 +23,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from bnsearch.data import tf_dataset
+
 BN = keras.layers.BatchNormalization
 # Training samples each recalibration uses (whole batches of the training batch size). Wu &
 # Johnson find ~10^3 samples enough for precise statistics; more costs a forward pass each.
@@ -123,8 +125,6 @@ def recalibration_batches(x: np.ndarray, y: np.ndarray, batch_size: int, image_s
                           samples: int = PRECISE_BN_SAMPLES):
     """The first whole batches of the training split (already a seeded permutation, so a random
     subset, the same at every evaluation) covering about ``samples`` examples."""
-    from bnsearch.data import tf_dataset
-
     batches = max(1, min(len(x) // batch_size, -(-samples // batch_size)))
     n = min(len(x), batches * batch_size)
     return tf_dataset(x[:n], y[:n], batch_size, image_size=image_size)

@@ -123,7 +123,7 @@ def _evaluations(replicate: pd.DataFrame, arms: list[str]) -> list:
             for arm in arms if arm in set(last["arm"])]
     return [("h3", "Test accuracy by BN statistics (mean over seeds)"), ("table", pd.DataFrame(rows).replace("nan", "-")),
             ("p", "Batch statistics: every BN normalizes by the test batch's own statistics (batches of the training batch "
-                  "size), what the network computed in training. Arms without BN show the same number everywhere.")]
+                  "size), what the network computed in training. Arms without BN have only the one accuracy.")]
 
 
 def _arms(analysis: stats.Analysis, table: pd.DataFrame, arms: list[str], metric: str, nuisance: list[str]) -> list:
