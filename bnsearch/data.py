@@ -2,7 +2,8 @@
 
 Every loader returns :class:`Arrays` with a fixed test split (the same for every seed, so arms
 and seeds are compared on the same test images); :func:`split` then draws the validation set
-from the training data with the trial seed. Loaders import their libraries lazily so the
+from the training data with a split seed (one for the whole search phase, the seed itself in the
+replicate phase). Loaders import their libraries lazily so the
 registry can be listed on the driver without TensorFlow.
 
 Always available offline: ``digits`` (ships inside scikit-learn) and ``mnist1d`` (generated).
@@ -102,14 +103,28 @@ def split(arrays: Arrays, seed: int, validation_fraction: float = 0.1) -> Splits
 
 
 def tf_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle_seed: int | None = None, image_size: int | None = None):
-    """A tf.data pipeline: shuffle with the trial seed (reshuffled each epoch), batch, resize
-    images if asked (per batch, so the cached arrays stay small), prefetch."""
+    """A tf.data pipeline: shuffle with ``shuffle_seed`` if given (reshuffled each epoch), batch,
+    resize images if asked (per batch, so the cached arrays stay small), prefetch."""
     import tensorflow as tf
 
     ds = tf.data.Dataset.from_tensor_slices((x, y))
     if shuffle_seed is not None:
         ds = ds.shuffle(len(x), seed=shuffle_seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size)
+    return _resized(ds.batch(batch_size), image_size)
+
+
+def ordered_dataset(x, y, order: np.ndarray, batch_size: int, image_size: int | None = None):
+    """Batches of ``(x[i], y[i])`` for ``i`` in ``order``. ``x`` and ``y`` are tensors made once
+    per run: an epoch in its own order then costs an index array, not a copy of the data."""
+    import tensorflow as tf
+
+    ds = tf.data.Dataset.from_tensor_slices(order).batch(batch_size).map(lambda i: (tf.gather(x, i), tf.gather(y, i)))
+    return _resized(ds, image_size)
+
+
+def _resized(ds, image_size: int | None):
+    import tensorflow as tf
+
     if image_size:
         ds = ds.map(lambda a, b: (tf.image.resize(a, (image_size, image_size)), b), num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)

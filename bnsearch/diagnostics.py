@@ -66,12 +66,12 @@ def compare(layers, moving: Statistics, population: Statistics) -> tuple[dict[st
         log_ratio = np.abs(np.log((mv[live] + eps) / (pv[live] + eps)))
         per_layer.append({
             "layer": layer.name, "channels": int(pv.size), "dead_channels": int((~live).sum()),
-            "mean_shift": float(shift.mean()) if live.any() else float("nan"),
-            "var_log_ratio": float(log_ratio.mean()) if live.any() else float("nan"),
+            "mean_shift": float(shift.mean()) if live.any() else None,  # None: every channel dead
+            "var_log_ratio": float(log_ratio.mean()) if live.any() else None,
             "moving_untouched": bool(not mm.any() and (mv == 1).all()),
         })
     def worst(key: str) -> float:  # over layers with a live channel
-        values = [r[key] for r in per_layer if r[key] == r[key]]
+        values = [r[key] for r in per_layer if r[key] is not None and r[key] == r[key]]
         return float(max(values)) if values else 0.0
 
     mean_shift, var_log_ratio = worst("mean_shift"), worst("var_log_ratio")

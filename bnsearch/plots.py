@@ -83,7 +83,7 @@ def parallel_coordinates(last: pd.DataFrame, arms: list[str], metric: str, path:
         ax.tick_params(axis="x", pad=12)
         ax.set_ylim(-0.05, 1.05)
         ax.set_yticks([])
-        ax.set_title(f"{arm}: one line per search trial that did not diverge, colour = {metric} (yellow best)", fontsize=9, pad=14)
+        ax.set_title(f"{arm}: one line per search trial that did not fail, colour = {metric} (mean of its last epochs) (yellow best)", fontsize=9, pad=14)
     return save(fig, path)
 
 

@@ -49,6 +49,11 @@ class Statistics:
     variance: list[np.ndarray]
 
 
+def input_spec(model) -> tf.TensorSpec:
+    """Any batch of ``model``'s input: traced once, whatever the size of a split's last batch."""
+    return tf.TensorSpec([None, *model.inputs[0].shape[1:]], model.inputs[0].dtype)
+
+
 class TrainModePass:
     """One traced forward pass of ``model`` in training mode, returning every BN layer's batch
     mean and variance and the model's logits (what "BN with batch statistics" predicts).
@@ -61,9 +66,7 @@ class TrainModePass:
         self.model = model
         self.layers = bn_layers(model)
         bn_inputs = _bn_inputs(model)
-        spec = tf.TensorSpec([None, *model.inputs[0].shape[1:]], model.inputs[0].dtype)
-
-        @tf.function(input_signature=[spec])  # one trace per model, whatever the last batch's size
+        @tf.function(input_signature=[input_spec(model)])
         def forward(x):
             tensors, logits = bn_inputs(x)
             moments = []
@@ -109,13 +112,16 @@ def restored(model):
 @contextlib.contextmanager
 def precise_statistics(passes: TrainModePass, batches):
     """Inside the block, every BN layer's moving statistics are the population statistics over
-    ``batches`` with the current weights; yields them (and the moving ones they replaced)."""
+    ``batches`` with the current weights; yields them (and the moving ones they replaced).
+    A frozen BN (``trainable=False``) trained on its moving statistics, so it keeps them."""
     layers = passes.layers
     moving = Statistics([np.asarray(layer.moving_mean.numpy(), np.float64) for layer in layers],
                         [np.asarray(layer.moving_variance.numpy(), np.float64) for layer in layers])
     with restored(passes.model):
         population = passes.statistics(batches)
         for layer, mean, variance in zip(layers, population.mean, population.variance):
+            if not layer.trainable:
+                continue
             layer.moving_mean.assign(mean.astype(layer.moving_mean.dtype))
             layer.moving_variance.assign(variance.astype(layer.moving_variance.dtype))
         yield population, moving

@@ -70,8 +70,9 @@ def build(table: pd.DataFrame, spec: dict[str, Any], out: str | Path) -> Built:
     blocks += _diagnostics(table)
     blocks += _search(table, arms, spec, out)
     blocks += [("h2", "Reproduce"),
-               ("p", f"Seeds: search phase 10000 + trial index; replicate phase "
-                     f"{_seed_text(replicate)}, the same for every arm. Every run records its resolved "
+               ("p", f"Seeds: search phase 10000 + trial index, every trial validated on one split (split seed "
+                     f"9999); replicate phase {_seed_text(replicate)}, the same for every arm, each seed drawing its own "
+                     "validation split; epoch k's data order derives from (seed, k). Every run records its resolved "
                      "configuration (params), library versions and BN conventions (tags); the parent run holds "
                      "`spec.json`, `versions.json` and `results.parquet`.")]
     md = out / "report.md"
@@ -118,6 +119,7 @@ def _evaluations(replicate: pd.DataFrame, arms: list[str]) -> list:
     if not present:
         return []
     last = replicate.sort_values("epoch").groupby("trial_key").tail(1)
+    last = last[~last["status"].isin(FAILURES)]  # as in the verdicts: failures are counted, not averaged
     rows = [{"arm": arm, "verdicts use": f"{100 * last[last['arm'] == arm]['test_accuracy'].mean():.2f}",
              **{EVALUATIONS[c]: f"{100 * last[last['arm'] == arm][c].mean():.2f}" for c in present}}
             for arm in arms if arm in set(last["arm"])]
@@ -224,6 +226,8 @@ def _search(table: pd.DataFrame, arms: list[str], spec: dict[str, Any], out: Pat
     if last.empty:
         return []
     metric = spec.get("metric", "val_accuracy")
+    # rank trials on the value that chose the replicated configurations
+    last = last.assign(**{metric: last["trial_key"].map(results.smoothed(table, metric))})
     counts = last.groupby(["arm", "status"]).size().unstack(fill_value=0)
     counts["epochs"] = last.groupby("arm")["epoch"].sum()
     if "train_time_s" in last:
@@ -233,7 +237,7 @@ def _search(table: pd.DataFrame, arms: list[str], spec: dict[str, Any], out: Pat
               ("p", f"{len(last)} trials, {int(table[table['phase'] == 'search'].shape[0])} epochs; every arm tuned by its own "
                     f"Optuna study ({spec['budget']['sampler']}) with the same number of trials that ran (a crashed trial is "
                     f"replaced), all validated on one shared split; each arm's configuration was chosen on {metric} averaged "
-                    f"over a trial's last {results.SELECTION_EPOCHS} epochs. Early stopping makes the epochs and training "
+                    f"over a trial's last {results.SELECTION_EPOCHS} epochs (the value the importances and parallel coordinates show too). Early stopping makes the epochs and training "
                     "seconds each arm spent differ: they are in the table."),
               ("table", counts)]
     importances = []

@@ -22,11 +22,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bnsearch.spec import FAILURES
+from bnsearch.spec import COMPLETED, FAILURES
 
 IDENTITY = ("sweep_id", "phase", "arm", "trial_index", "seed", "status", "run_id", "trial_key")
 # Params that identify a trial or describe the sweep rather than configure the trial.
-NOT_CONFIG = {"arm", "phase", "trial_index", "seed", "model", "dataset"}
+NOT_CONFIG = {"arm", "phase", "trial_index", "seed", "split_seed", "model", "dataset"}
 FILE = "results.parquet"
 # The best configuration is chosen on the mean of the metric over a trial's last epochs: one
 # epoch's value is noisy, and the noise picks winners.
@@ -84,7 +84,7 @@ def final_values(table: pd.DataFrame, metric: str = "test_accuracy", phase: str 
 def finished_replicates(table: pd.DataFrame) -> set[tuple[str, int]]:
     """The (arm, seed) pairs whose replicate trial already ran to its end."""
     last = last_epochs(table, "replicate") if len(table) else table
-    done = last[last["status"].isin(("finished", "diverged", "collapsed"))] if len(last) else last
+    done = last[last["status"].isin([s for s in COMPLETED if s != "stopped_early"])] if len(last) else last
     return {(arm, int(seed)) for arm, seed in zip(done.get("arm", []), done.get("seed", []))}
 
 
@@ -115,15 +115,17 @@ def best_configs(table: pd.DataFrame, arms: list[str], metric: str, mode: str) -
 
 
 def pack_correct(correct: np.ndarray) -> bytes:
-    """Per-example results, a bit per example (``.npy`` of ``np.packbits``)."""
+    """Per-example results as ``.npz`` bytes: a bit per example (``np.packbits``) and their count."""
+    correct = np.asarray(correct, dtype=bool)
     buffer = io.BytesIO()
-    np.save(buffer, np.packbits(np.asarray(correct, dtype=bool)))
+    np.savez(buffer, bits=np.packbits(correct), n=len(correct))
     return buffer.getvalue()
 
 
-def unpack_correct(data: bytes, n: int) -> np.ndarray:
-    """The boolean per-example vector :func:`pack_correct` stored for ``n`` examples."""
-    return np.unpackbits(np.load(io.BytesIO(data)))[:n].astype(bool)
+def unpack_correct(data: bytes) -> np.ndarray:
+    """The boolean per-example vector that :func:`pack_correct` stored."""
+    with np.load(io.BytesIO(data)) as stored:
+        return np.unpackbits(stored["bits"])[: int(stored["n"])].astype(bool)
 
 
 def config_of(row: pd.Series) -> dict[str, Any]:

@@ -100,9 +100,9 @@ REPORT_METRICS = ("test_accuracy", "val_accuracy", "accuracy")
 BN_STATISTICS = ("precise", "moving")
 LR_SCHEDULES = ("constant", "cosine")  # after a linear warmup of `warmup_epochs`
 
-# How a trial ends, in one place. `diverged` (loss NaN/inf) and `collapsed` (training back at
-# chance) ran but failed as results; `failed` is a crash. All three are failures of the arm.
-STATUSES = ("running", "finished", "stopped_early", "diverged", "collapsed", "failed")
+# How a trial ends, in one place (while it runs: `running`). `diverged` (loss NaN/inf) and
+# `collapsed` (training at chance) ran but failed as results; `failed` is a crash. All three
+# are failures of the arm.
 COMPLETED = ("finished", "stopped_early", "diverged", "collapsed")  # ran to an end the trial chose
 FAILURES = ("diverged", "collapsed", "failed")
 
@@ -179,12 +179,11 @@ def has_bn(config: Mapping[str, Any]) -> bool:
 @dataclass(frozen=True)
 class Arm:
     """One arm, resolved once (:meth:`Sweep.resolve`) and used by the spec, the search space
-    and the trial: its scientific values, its full fixed configuration (defaults, model options,
-    fixed values, the arm's own), whether it has BN, and the nuisance space it searches (BN
+    and the trial: its full fixed configuration (defaults, model options, fixed values, the
+    arm's scientific values), whether it has BN, and the nuisance space it searches (BN
     parameters only where there is BN)."""
 
     name: str
-    scientific: Mapping[str, Any]
     config: Mapping[str, Any]
     nuisance: Mapping[str, "Distribution"]
 
@@ -294,7 +293,7 @@ class Sweep:
             for name in BN_PARAMETERS:
                 config.pop(name, None)
         nuisance = {name: dist for name, dist in self.nuisance.items() if with_bn or name not in BN_PARAMETERS}
-        return Arm(arm, scientific, config, nuisance)
+        return Arm(arm, config, nuisance)
 
     def declared_comparisons(self) -> list[Comparison]:
         """The family the report tests (and Holm-corrects): the declared comparisons, else

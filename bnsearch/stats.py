@@ -3,7 +3,7 @@
 Pure functions on values in accuracy points (97.3, not 0.973). The protocol:
 
 1. Summarize each arm: mean, sd, median, interquartile mean (IQM), min/max, a 95% BCa
-   bootstrap CI of the mean, and the failure rate (diverged or crashed runs count against
+   bootstrap CI of the mean, and the failure rate (diverged, collapsed or crashed runs count against
    the arm and are excluded from every other figure).
 2. Compare two arms. When two or more seeds finished in both, the runs are paired on them
    (same data order, same init), so the tests work on per-seed differences; otherwise the

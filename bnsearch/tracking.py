@@ -36,7 +36,7 @@ TRIAL_HTTP_SETTINGS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQU
 # How long a trial or the driver keeps retrying a tracking server that does not answer.
 RETRY_TIMEOUT_S = float(os.environ.get("BNSEARCH_TRACKING_RETRY_TIMEOUT_S", 600))
 UNREACHABLE = (MlflowException, OSError, requests.RequestException)
-# What MLflow's own run status says for each of ours (spec.STATUSES): only a crash is FAILED.
+# What MLflow's own run status says for each of ours (spec.COMPLETED, and a crash): only a crash is FAILED.
 _RUN_STATUS = {status: "FINISHED" for status in COMPLETED} | {"failed": "FAILED"}
 
 

@@ -34,13 +34,13 @@ import tensorflow as tf
 from bnsearch import data as datasets
 from bnsearch import diagnostics, results
 from bnsearch.models import Norm, create_model, model_parameters
-from bnsearch.precise_bn import TrainModePass, bn_layers, precise_statistics, recalibration_batches
+from bnsearch.precise_bn import TrainModePass, bn_layers, input_spec, precise_statistics, recalibration_batches
 from bnsearch.spec import DEFAULTS
 
 Report = Callable[[dict[str, float], "str | None"], None]
 Keep = Callable[[dict[str, bytes]], None]
 MODEL_FILE, STATE_FILE = "model.keras", "state.json"
-TEST_CORRECT_FILE, BN_LAYERS_FILE = "test_correct.npy", "bn_layers.json"
+TEST_CORRECT_FILE, BN_LAYERS_FILE = "test_correct.npz", "bn_layers.json"
 # Several steps per tf.function call: +55% on small MLPs on CPU, same results.
 STEPS_PER_EXECUTION = 8
 # Collapse: training that is at chance. "At chance" needs both, over an epoch: training accuracy
@@ -187,7 +187,7 @@ def run(
     A run whose training loss turns NaN or infinite stops at the end of that epoch and reports
     ``diverged=1``; one whose training is back at chance (see ``COLLAPSE_*``) stops and reports
     ``collapsed=1``. ``test_*`` and ``bn_*`` metrics come with the last epoch only, and so does
-    ``keep``'s call with the per-example test results (``test_correct.npy``: a bit per test
+    ``keep``'s call with the per-example test results (``test_correct.npz``: a bit per test
     example, 1 where the prediction was right, see :func:`bnsearch.results.unpack_correct`)
     and the per-layer BN diagnostics (``bn_layers.json``). A checkpoint goes with an epoch's
     report once ``checkpoint_every_s`` seconds have passed since the last one (0: every epoch).
@@ -220,9 +220,9 @@ def run(
     evaluator = Evaluator(keras_model, splits, batch_size, image_size, get(config, "bn_statistics"))
     reporter = EpochReporter(report, len(x_train), state, max_epochs, evaluator, checkpoint_every_s, keep,
                              chance=chance_level(y_train, splits.num_classes))
+    x_tensor, y_tensor = tf.constant(x_train), tf.constant(y_train)
     for epoch in range(state["epoch"], max_epochs):
-        order = epoch_order(seed, epoch, len(x_train))
-        train_ds = datasets.tf_dataset(x_train[order], y_train[order], batch_size, image_size=image_size)
+        train_ds = datasets.ordered_dataset(x_tensor, y_tensor, epoch_order(seed, epoch, len(x_train)), batch_size, image_size)
         timer = StepTimer()
         started = time.perf_counter()
         history = keras_model.fit(train_ds, initial_epoch=epoch, epochs=epoch + 1, callbacks=[timer], verbose=0, shuffle=False)
@@ -231,6 +231,11 @@ def run(
         if reporter.epoch_end(epoch, logs, time.perf_counter() - started - tracing, tracing):
             break
     return reporter.last
+
+
+def ends_run(metrics: Mapping[str, float], max_epochs: int) -> bool:
+    """Whether this epoch's report is the run's last: its budget is spent, or it failed."""
+    return metrics["epoch"] >= max_epochs or bool(metrics.get("diverged")) or bool(metrics.get("collapsed"))
 
 
 def chance_level(labels: np.ndarray, num_classes: int) -> tuple[float, float]:
@@ -281,8 +286,7 @@ class Evaluator:
         self.files: dict[str, bytes] = {}
         # One trace for every evaluation, whatever a split's last batch holds (Keras' predict
         # traced MobileNetV2 again for the test set's last batch: 9 s).
-        spec = tf.TensorSpec([None, *model.inputs[0].shape[1:]], model.inputs[0].dtype)
-        self.infer = tf.function(lambda x: model(x, training=False), input_signature=[spec])
+        self.infer = tf.function(lambda x: model(x, training=False), input_signature=[input_spec(model)])
 
     def scores(self, name: str) -> Scores:
         dataset, labels = self.sets[name]
@@ -350,12 +354,12 @@ class EpochReporter:
         self.state["train_time_s"] += seconds
         diverged = not math.isfinite(logs.get("loss", math.nan))
         collapsed = not diverged and self.collapsed(epoch, logs)
-        final = diverged or collapsed or epoch + 1 >= self.max_epochs
         metrics = {k: logs[k] for k in ("loss", "accuracy") if k in logs}
         metrics.update(
             epoch=epoch + 1, epoch_time_s=seconds, samples_per_s=self.n_train / max(seconds, 1e-9),
             train_time_s=self.state["train_time_s"], diverged=float(diverged), collapsed=float(collapsed),
         )
+        final = ends_run(metrics, self.max_epochs)
         if tracing_s:
             metrics["trace_time_s"] = tracing_s
         metrics.update(self.evaluator.evaluate(final, diverged))

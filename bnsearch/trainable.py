@@ -94,7 +94,7 @@ def train_trial(config: dict, setup: TrialSetup) -> None:
             run.log_epoch(int(metrics["epoch"]), metrics)  # log first: a reported epoch is a logged one
             if checkpoint_dir:
                 run.save_pending(checkpoint_dir)  # held back by an outage: resumed with the checkpoint
-            if metrics["epoch"] >= setup.max_epochs or metrics.get("diverged") or metrics.get("collapsed"):
+            if train.ends_run(metrics, setup.max_epochs):
                 run.flush()  # the driver closes the run on this report: every epoch must be in by then
         checkpoint = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
         tune.report(metrics, checkpoint=checkpoint)
@@ -135,7 +135,9 @@ class ArmSearcher(_SavedSearcher):
 
     Every arm gets ``trials_per_arm`` trials that ran: a trial that crashes (after Tune's
     retries) is replaced by a new one of its arm, up to ``trials_per_arm`` replacements per arm
-    so that a sweep whose every trial crashes still ends."""
+    so that a sweep whose every trial crashes still ends. So the search is finished only when
+    every arm has its count and no trial is still running (one could still crash); until then
+    a full arm waits (``suggest`` returns None, and Tune asks again)."""
 
     def __init__(self, sweep: Sweep):
         super().__init__(metric=sweep.metric, mode=sweep.mode)
@@ -153,6 +155,7 @@ class ArmSearcher(_SavedSearcher):
         self.started = {arm: 0 for arm in self.arms}
         self.crashed = {arm: 0 for arm in self.arms}
         self.arm_of: dict[str, str] = {}
+        self.running: set[str] = set()
 
     def budget_of(self, arm: str) -> int:
         return self.trials_per_arm + min(self.crashed[arm], self.trials_per_arm)
@@ -160,12 +163,13 @@ class ArmSearcher(_SavedSearcher):
     def suggest(self, trial_id: str) -> dict | None:
         open_arms = [a for a, n in self.started.items() if n < self.budget_of(a)]
         if not open_arms:
-            return Searcher.FINISHED
+            return None if self.running else Searcher.FINISHED
         arm = min(open_arms, key=lambda a: self.started[a] - self.crashed[a])  # fewest that count, ties in declared order
         params = self.searchers[arm].suggest(trial_id)
         index = self.started[arm]
         self.started[arm] += 1
         self.arm_of[trial_id] = arm
+        self.running.add(trial_id)
         return {**self.arms[arm].config, **params, "arm": arm, "phase": "search",
                 "trial_index": index, "seed": SEARCH_SEED_BASE + index, "split_seed": SEARCH_SPLIT_SEED}
 
@@ -178,6 +182,7 @@ class ArmSearcher(_SavedSearcher):
             arm = self.arm_of[trial_id]
             self.searchers[arm].on_trial_complete(trial_id, result, error)
             self.crashed[arm] += bool(error)
+            self.running.discard(trial_id)
 
 
 class FixedConfigs(_SavedSearcher):

@@ -160,8 +160,6 @@ def test_a_run_that_does_not_learn_is_collapsed_not_finished():
     final, rec = fit({**CONFIG, "bn_placement": "none", "optimizer": "sgd", "learning_rate": 1.0, "batch_size": 32}, epochs=3)
     assert final["collapsed"] == 1.0 and final["diverged"] == 0.0 and math.isfinite(final["loss"])
     assert final["accuracy"] < 0.15 and "test_accuracy" in final  # at chance (10 classes), evaluated, not NaN
-    flags = [m["collapsed"] for m, _ in rec.reports]
-    assert flags[-1] == 1.0 and not any(flags[:-1])  # the run stops where it collapses (here after learning a little)
 
 
 def test_the_collapse_rule_spares_slow_starts_and_stops_a_run_that_learned_then_died():
@@ -194,10 +192,22 @@ def test_the_validation_split_follows_split_seed_and_the_last_epoch_keeps_per_ex
                       report=lambda m, c: None, keep=files.update)
     train.run({**CONFIG, "seed": 2}, model="mlp", dataset="digits", dataset_args={}, max_epochs=1, report=lambda m, c: None)
     assert drawn == [7, 2]  # the split seed when given (the search phase shares one), else the seed
-    correct = results.unpack_correct(files[train.TEST_CORRECT_FILE], int(final["test_examples"]))
+    correct = results.unpack_correct(files[train.TEST_CORRECT_FILE])
     assert len(correct) == 359 and correct.mean() == pytest.approx(final["test_accuracy"])  # digits' fixed test set
     layers = json.loads(files[train.BN_LAYERS_FILE])
     assert [r["layer"] for r in layers] == ["dense0_bn"] and layers[0]["channels"] == 16
+
+
+def test_evaluation_leaves_the_model_as_training_left_it():
+    """Recalibration and batch-statistics predictions run BN in training mode, which moves the
+    moving statistics: every non-trainable variable must be back, bit for bit, afterwards."""
+    splits = train.datasets.split(train.datasets.load("digits"), 0, 0.1)
+    model = train.build_model("mlp", {"bn_placement": "before", "hidden_sizes": (16,)}, splits.input_shape, splits.num_classes)
+    train.compile_model(model, {})
+    model.fit(train.datasets.tf_dataset(*splits.train, 64), epochs=1, verbose=0)
+    before = [v.numpy().copy() for v in model.variables]
+    train.Evaluator(model, splits, 64, None, "precise").evaluate(final=True, diverged=False)
+    assert all((a == v.numpy()).all() for a, v in zip(before, model.variables))
 
 
 def test_epoch_time_counts_training_steps_only():
@@ -205,4 +215,4 @@ def test_epoch_time_counts_training_steps_only():
     first, later = rec.reports[0][0], [m for m, _ in rec.reports[1:]]
     assert first["trace_time_s"] > 0 and all("trace_time_s" not in m for m in later)  # tracing: start-up, once
     assert all(m["eval_time_s"] > 0 and m["recalibration_time_s"] > 0 for m, _ in rec.reports)
-    assert first["epoch_time_s"] < 5 * max(m["epoch_time_s"] for m in later)  # not the trace
+    assert first["trace_time_s"] > 2 * first["epoch_time_s"]  # the MLP's trace (~0.9 s) is not training (~0.04 s)

@@ -16,13 +16,15 @@ def test_round_robin_gives_every_arm_the_same_budget_then_finishes(tmp_path):
     searcher = ArmSearcher(SWEEP)
     configs = [searcher.suggest(f"t{i}") for i in range(9)]
     assert [c["arm"] for c in configs] == ["none", "before", "after"] * 3
-    assert searcher.suggest("t9") is Searcher.FINISHED
+    assert searcher.suggest("t9") is None  # every arm full, but a running trial could still crash
     for c in configs:
         assert c["seed"] == SEARCH_SEED_BASE + c["trial_index"] and c["phase"] == "search"
         assert c["split_seed"] == SEARCH_SPLIT_SEED  # one validation split for every trial and arm
         assert ("bn_momentum" in c) == (c["arm"] != "none") and 1e-3 <= c["learning_rate"] <= 1e-1
+    for i in range(9):
+        searcher.on_trial_complete(f"t{i}", {"val_accuracy": 0.5})
+    assert searcher.suggest("t9") is Searcher.FINISHED
     # searcher state survives a save/restore (what Tune does when a driver restarts)
-    searcher.on_trial_complete("t0", {"val_accuracy": 0.5})
     searcher.save(str(tmp_path / "s.pkl"))
     restored = ArmSearcher(SWEEP)
     restored.restore(str(tmp_path / "s.pkl"))
@@ -47,12 +49,19 @@ def test_trials_are_identified_by_arm_and_seed_or_trial_index_never_by_tune_id()
 
 
 def test_a_crashed_trial_is_replaced_so_every_arm_gets_its_full_count():
+    """As Tune drives it: all trials started, Tune keeps asking while they run, one crashes last."""
     searcher = ArmSearcher(SWEEP)
     configs = {f"t{i}": searcher.suggest(f"t{i}") for i in range(9)}
-    for trial_id, config in configs.items():
-        searcher.on_trial_complete(trial_id, {"val_accuracy": 0.5}, error=(config["arm"], config["trial_index"]) == ("before", 1))
+    crashed = next(t for t, c in configs.items() if (c["arm"], c["trial_index"]) == ("before", 1))
+    for trial_id in configs:
+        if trial_id != crashed:
+            searcher.on_trial_complete(trial_id, {"val_accuracy": 0.5})
+            assert searcher.suggest("asking") is None  # "before" has a trial running that could still crash
+    searcher.on_trial_complete(crashed, None, error=True)
     replacement = searcher.suggest("t9")
     assert (replacement["arm"], replacement["trial_index"]) == ("before", 3)  # a new trial key, not the crashed one's
+    assert searcher.suggest("t10") is None
+    searcher.on_trial_complete("t9", {"val_accuracy": 0.6})
     assert searcher.suggest("t10") is Searcher.FINISHED
 
 

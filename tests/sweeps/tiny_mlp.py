@@ -1,5 +1,6 @@
 """Question: none vs BN in a tiny MLP on digits, for the integration test: a grid that holds a
-hopeless learning rate (ASHA stops it) and an absurd one (the trial diverges).
+hopeless learning rate (ASHA stops it, or it ends still at chance: collapsed) and an absurd one
+(the trial diverges).
 
 Command:  bnsearch run tests/sweeps/tiny_mlp.py
 Cost:     2 arms x (6 search trials + 3 seeds) x <= 3 epochs, under a minute on 2 CPUs.
