@@ -18,7 +18,7 @@ from typing import Any
 import pandas as pd
 
 from bnsearch import plots, results, search, stats
-from bnsearch.spec import FAILURES, Comparison
+from bnsearch.spec import FAILURES, SEARCH_SEED_BASE, SEARCH_SPLIT_SEED, Comparison
 
 BN_COLUMNS = ("bn_mode_gap", "bn_mean_shift", "bn_var_log_ratio", "bn_dead_channels", "bn_stale_stats")
 # Final test accuracy with each kind of BN statistics, beside the one the verdicts use.
@@ -70,8 +70,8 @@ def build(table: pd.DataFrame, spec: dict[str, Any], out: str | Path) -> Built:
     blocks += _diagnostics(table)
     blocks += _search(table, arms, spec, out)
     blocks += [("h2", "Reproduce"),
-               ("p", f"Seeds: search phase 10000 + trial index, every trial validated on one split (split seed "
-                     f"9999); replicate phase {_seed_text(replicate)}, the same for every arm, each seed drawing its own "
+               ("p", f"Seeds: search phase {SEARCH_SEED_BASE} + trial index, every trial validated on one split (split "
+                     f"seed {SEARCH_SPLIT_SEED}); replicate phase {_seed_text(replicate)}, the same for every arm, each seed drawing its own "
                      "validation split; epoch k's data order derives from (seed, k). Every run records its resolved "
                      "configuration (params), library versions and BN conventions (tags); the parent run holds "
                      "`spec.json`, `versions.json` and `results.parquet`.")]
@@ -118,7 +118,7 @@ def _evaluations(replicate: pd.DataFrame, arms: list[str]) -> list:
     present = [c for c in EVALUATIONS if c in replicate]
     if not present:
         return []
-    last = replicate.sort_values("epoch").groupby("trial_key").tail(1)
+    last = results.last_epochs(replicate, "replicate")
     last = last[~last["status"].isin(FAILURES)]  # as in the verdicts: failures are counted, not averaged
     rows = [{"arm": arm, "verdicts use": f"{100 * last[last['arm'] == arm]['test_accuracy'].mean():.2f}",
              **{EVALUATIONS[c]: f"{100 * last[last['arm'] == arm][c].mean():.2f}" for c in present}}

@@ -97,6 +97,13 @@ REPORT_METRICS = ("test_accuracy", "val_accuracy", "accuracy")
 BN_STATISTICS = ("precise", "moving")
 LR_SCHEDULES = ("constant", "cosine")  # after a linear warmup of `warmup_epochs`
 
+# Seeds, in one place. Search-phase trials are seeded 10000 + trial index (replicate seeds start
+# at 0, so the two never meet), and every search trial of every arm validates on one split, so
+# ASHA, the samplers and the choice of each arm's best configuration compare like with like
+# (replicates re-draw the split per seed).
+SEARCH_SEED_BASE = 10_000
+SEARCH_SPLIT_SEED = 9_999
+
 # How a trial ends, in one place (while it runs: `running`). `diverged` (loss NaN/inf) and
 # `collapsed` (training at chance) ran but failed as results; `failed` is a crash. All three
 # are failures of the arm.

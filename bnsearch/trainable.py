@@ -24,12 +24,7 @@ from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from bnsearch import data, search, tracking
-from bnsearch.spec import FAILURES, Sweep
-
-SEARCH_SEED_BASE = 10_000  # search-phase seeds; replicate seeds start at 0, so they never meet
-# Every search trial of every arm validates on this one split, so ASHA, the samplers and the
-# choice of each arm's best configuration compare like with like (replicates re-draw it per seed).
-SEARCH_SPLIT_SEED = 9_999
+from bnsearch.spec import FAILURES, SEARCH_SEED_BASE, SEARCH_SPLIT_SEED, Sweep
 
 
 @dataclass(frozen=True)
@@ -159,6 +154,11 @@ class ArmSearcher(_SavedSearcher):
 
     def budget_of(self, arm: str) -> int:
         return self.trials_per_arm + min(self.crashed[arm], self.trials_per_arm)
+
+    @property
+    def max_trials(self) -> int:
+        """Every arm's count and as many replacements: what Tune may have to start at most."""
+        return 2 * self.trials_per_arm * len(self.arms)
 
     def suggest(self, trial_id: str) -> dict | None:
         open_arms = [a for a, n in self.started.items() if n < self.budget_of(a)]
@@ -336,17 +336,19 @@ def run_phase(sweep: Sweep, phase: str, *, tracker: tracking.SweepTracker, sweep
     else:
         if phase == "search":
             total = len(sweep.arms()) * sweep.budget.trials_per_arm
-            searcher = ArmSearcher(sweep)  # it ends the phase; num_samples leaves room for crashed trials' replacements
+            searcher = ArmSearcher(sweep)  # it ends the phase, crashed trials' replacements included
             scheduler = ArmScheduler(sweep) if sweep.budget.early_stopping else FIFOScheduler()
+            samples = searcher.max_trials
         else:
             total, searcher, scheduler = len(configs), FixedConfigs(configs), FIFOScheduler()
+            samples = total
         concurrency = sweep.budget.max_concurrent_trials or slots(sweep.resources.cpu, sweep.resources.gpu) or total
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
                 search_alg=searcher,
                 scheduler=scheduler,
-                num_samples=2 * total if phase == "search" else total,
+                num_samples=samples,
                 max_concurrent_trials=min(concurrency, total),
                 reuse_actors=True,
             ),

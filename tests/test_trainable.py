@@ -2,8 +2,8 @@
 
 from ray.tune.search import Searcher
 
-from bnsearch.spec import Budget, ComplementLogUniform, LogUniform, Sweep
-from bnsearch.trainable import SEARCH_SEED_BASE, SEARCH_SPLIT_SEED, ArmSearcher, FixedConfigs, trial_key, trial_status
+from bnsearch.spec import SEARCH_SEED_BASE, SEARCH_SPLIT_SEED, Budget, ComplementLogUniform, LogUniform, Sweep
+from bnsearch.trainable import ArmSearcher, FixedConfigs, trial_key, trial_status
 
 SWEEP = Sweep(
     name="t", model="mlp", dataset="digits", scientific={"bn_placement": ("none", "before", "after")},
