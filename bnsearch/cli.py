@@ -108,7 +108,9 @@ def _run(args: argparse.Namespace) -> int:
     sweep = load_sweep(args.sweep, dry_run=args.dry_run)
     check_arguments(args)
     if args.seeds is not None:
-        sweep = sweep.replace(budget=dataclasses.replace(sweep.budget, seeds=args.seeds))
+        # One look at N seeds: beyond a plan already recorded, the added seeds are exploratory.
+        looks = tuple(n for n in sweep.budget.looks if n < args.seeds) + (args.seeds,) if sweep.budget.looks else ()
+        sweep = sweep.replace(budget=dataclasses.replace(sweep.budget, seeds=args.seeds, looks=looks))
     sweep.validate()
 
     from bnsearch import phases, tracking  # MLflow loads only after validation
@@ -230,7 +232,8 @@ def parser() -> argparse.ArgumentParser:
                      "(default: the cluster running on this machine, as under ray submit, else a new local one)")
     run.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else SQLite under --storage)")
     run.add_argument("--storage", help=f"results directory or URI (s3://...): Tune runs, checkpoints, local MLflow store (default: $BNSEARCH_STORAGE, else ./{DEFAULT_STORAGE})")
-    run.add_argument("--seeds", type=int, help="replicate seeds per arm (default: the sweep's budget.seeds)")
+    run.add_argument("--seeds", type=int, help="replicate seeds per arm (default: the sweep's budget.seeds); seeds beyond "
+                                               "a sweep's recorded plan are reported as exploratory")
     run.add_argument("--phase", choices=tuple(PHASE_CHOICES), default="all",
                      help="search, replicate or report (these two continue the latest sweep, or --sweep-id), or all (default)")
     run.add_argument("--sweep-id", help="the sweep to continue with --phase replicate/report (default: the latest)")

@@ -3,7 +3,8 @@
 1. *search*: every arm's nuisance space searched with the same budget (trainable.py);
 2. *replicate*: every arm's best search configuration re-run over the seeds ``0..N-1``, the
    same seeds for every arm (paired) and disjoint from the search seeds (10000+), at the full
-   epoch budget with no early stopping;
+   epoch budget with no early stopping; look by look of the sweep's group-sequential plan, and
+   no further once every comparison is decided;
 3. *report*: the results table rebuilt from MLflow, statistics, plots, report files logged on
    the parent run.
 
@@ -18,8 +19,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from bnsearch import report, results, tracking
-from bnsearch.spec import Sweep
+from bnsearch import report, results, stats, tracking
+from bnsearch.spec import FAILURES, Sweep
+
+PLAN_TAG = "replicate_plan"  # looks:spending, as first recorded
 
 PHASES = ("search", "replicate", "report")
 
@@ -52,22 +55,61 @@ def run(sweep: Sweep, phases: Sequence[str], *, tracker: tracking.SweepTracker, 
     if "replicate" in phases:
         table = results.from_records(tracker.trial_records())
         best = results.best_configs(table, list(sweep.arms()), sweep.metric, sweep.mode)
-        tracker.set_tags({"replicate_seeds": str(sweep.budget.seeds)})
-        done = results.finished_replicates(table)  # a second run adds seeds, never repeats one
-        todo = [c for c in replicate_configs(best, sweep.budget.seeds) if (c["arm"], c["seed"]) not in done]
-        echo(f"bnsearch: replicating the best configuration of {len(best)} arms over seeds 0..{sweep.budget.seeds - 1}: "
-             f"{len(todo)} runs to go, {len(done)} already finished")
-        if todo:
-            full_budget = sweep.replace(budget=dataclasses.replace(sweep.budget, early_stopping=False))
-            # Named by the seed count: a killed driver's rerun restores this Tune run; more seeds start another.
-            outcome = trainable.run_phase(full_budget, "replicate", tracker=tracker, sweep_id=sweep_id, storage=str(storage),
-                                          address=address, run_tags=run_tags, configs=todo,
-                                          name=f"{sweep_id}-replicate-seeds{sweep.budget.seeds}")
-            echo(summary(outcome))
-            ok &= outcome.ok
+        plan = planned(tracker, spec_record)
+        own = report.plan_of(spec_record)  # this run's budget: the recorded plan, or seeds added to it
+        beyond = own.looks[-1] > plan.looks[-1]  # seeds asked for beyond the plan: all run, reported as exploratory
+        looks = [own.looks[-1]] if beyond else [n for n in plan.looks if n <= own.looks[-1]]
+        for look in looks:
+            done = results.finished_replicates(table)  # a second run adds seeds, never repeats one
+            todo = [c for c in replicate_configs(best, look) if (c["arm"], c["seed"]) not in done]
+            where = f"{look} seeds, beyond the plan's {plan.looks[-1]} (exploratory)" if beyond else f"look at {look} seeds"
+            echo(f"bnsearch: replicating the best configuration of {len(best)} arms, {where}: "
+                 f"{len(todo)} runs to go, {len(done)} already finished")
+            if todo:
+                full_budget = sweep.replace(budget=dataclasses.replace(sweep.budget, early_stopping=False))
+                # Named by the seed count: a killed driver's rerun restores this Tune run; more seeds start another.
+                outcome = trainable.run_phase(full_budget, "replicate", tracker=tracker, sweep_id=sweep_id, storage=str(storage),
+                                              address=address, run_tags=run_tags, configs=todo,
+                                              name=f"{sweep_id}-replicate-seeds{look}")
+                echo(summary(outcome))
+                ok &= outcome.ok
+                table = results.from_records(tracker.trial_records())
+            if not beyond and look < plan.looks[-1]:
+                analysis = report.analysis_of(table, spec_record, per_example(tracker, table, spec_record), plan)
+                if analysis.closed:
+                    echo(f"bnsearch: every comparison is decided at {analysis.seeds} seeds per arm: the plan stops "
+                         f"there, {analysis.saved} seeds per arm saved")
+                    break
+                echo(f"bnsearch: look at {look} seeds: " + "; ".join(f"{p.label} {p.verdict}" for p in analysis.pairs)
+                     + f"; going on to {plan.looks[plan.looks.index(look) + 1]} seeds")
     if "report" in phases:
         echo(make_report(tracker, spec_record, report_dir))
     return ok
+
+
+def planned(tracker: tracking.SweepTracker, spec_record: dict[str, Any]) -> stats.Plan:
+    """The sweep's sequential plan as first recorded on its parent run (recorded now if new):
+    seeds a later run adds outside it are exploratory, however the spec was changed."""
+    recorded = tracker.tags().get(PLAN_TAG)
+    if recorded:
+        looks, spending = recorded.split(":")
+        return stats.Plan(tuple(int(n) for n in looks.split(",")), spending)
+    plan = report.plan_of(spec_record)
+    tracker.set_tags({PLAN_TAG: f"{','.join(map(str, plan.looks))}:{plan.spending}"})
+    return plan
+
+
+def per_example(tracker: tracking.SweepTracker, table, spec_record: dict[str, Any]) -> dict[tuple[str, int], Any]:
+    """Each finished replicate run's per-example test results, when the report metric is test accuracy."""
+    if spec_record.get("report_metric", "test_accuracy") != "test_accuracy":
+        return {}
+    last = results.last_epochs(table, "replicate")
+    out = {}
+    for row in last[~last["status"].isin(FAILURES)].itertuples():
+        data = tracker.run_file(row.run_id, results.TEST_CORRECT_FILE)
+        if data is not None:
+            out[(row.arm, int(row.seed))] = results.unpack_correct(data)
+    return out
 
 
 def make_report(tracker: tracking.SweepTracker, spec_record: dict[str, Any], out: Path) -> str:
@@ -75,7 +117,8 @@ def make_report(tracker: tracking.SweepTracker, spec_record: dict[str, Any], out
     table = results.from_records(tracker.trial_records())
     out.mkdir(parents=True, exist_ok=True)
     results.write(table, out / results.FILE)
-    built = report.build(table, spec_record, out)
+    built = report.build(table, spec_record, out, correct=per_example(tracker, table, spec_record),
+                         plan=planned(tracker, spec_record))
     tracker.log_files(out)
     return built.summary + f"\n\nReport: {built.markdown} (and logged on the parent run {tracker.parent_run_id})"
 

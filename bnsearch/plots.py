@@ -36,14 +36,32 @@ def strip_plot(final: pd.DataFrame, arms: list[str], analysis: stats.Analysis, m
 
 
 def forest_plot(pairs: list[stats.PairResult], path: Path) -> Path:
-    fig, ax = plt.subplots(figsize=(6, 1 + 0.6 * len(pairs)))
+    """Each comparison's difference with the interval its verdict is decided on (black) and the
+    seed-only 95% interval (grey), against the ± SESOI band."""
+    fig, ax = plt.subplots(figsize=(6.5, 1 + 0.6 * len(pairs)))
     for i, p in enumerate(pairs):
         ax.fill_betweenx([i - 0.35, i + 0.35], -p.sesoi, p.sesoi, color="tab:green", alpha=0.15, lw=0)
-        ax.errorbar(p.difference, i, xerr=[[p.difference - p.ci_low], [p.ci_high - p.difference]], fmt="o", color="k", capsize=3)
+        (low, high), (seed_low, seed_high) = p.decision_ci, p.seed_ci
+        ax.plot([seed_low, seed_high], [i + 0.15] * 2, color="0.6", lw=2)
+        ax.errorbar(p.difference, i, xerr=[[p.difference - low], [high - p.difference]], fmt="o", color="k", capsize=3)
     ax.axvline(0, color="0.5", lw=0.8)
-    ax.set_yticks(range(len(pairs)), [f"{p.a} − {p.b}" for p in pairs])
+    ax.set_yticks(range(len(pairs)), [p.label for p in pairs])
     ax.invert_yaxis()
-    ax.set_xlabel("difference in points, 95% CI (green: ± smallest effect of interest)")
+    ax.set_xlabel("difference in points: black, the interval the verdict is decided on;\n"
+                  "grey, seed-only 95% CI; green, ± smallest effect of interest", fontsize=8)
+    return save(fig, path)
+
+
+def tuning_curves(curves: dict[str, tuple[np.ndarray, np.ndarray]], metric: str, path: Path) -> Path:
+    """Expected best score against search trials per arm, ± its sd (Dodge et al. 2019)."""
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for arm, (mean, sd) in curves.items():
+        k = np.arange(1, len(mean) + 1)
+        ax.plot(k, mean, marker="o", ms=3, label=arm)
+        ax.fill_between(k, mean - sd, mean + sd, alpha=0.2)
+    ax.set_xlabel("search trials per arm")
+    ax.set_ylabel(f"expected best {metric}")
+    ax.legend(fontsize=8)
     return save(fig, path)
 
 

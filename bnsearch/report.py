@@ -3,13 +3,11 @@
 The report leads with the verdicts, in words, then shows what they rest on: per-arm
 estimates over the replicate seeds, the declared comparisons (Holm-corrected), power, the A/A
 calibration, BN diagnostics, and the search phase that chose every arm's configuration.
-Both files are rendered from one list of blocks, so they always say the same thing.
+Both files are rendered from one list of blocks (:mod:`bnsearch.render`), so they always say the same thing.
 """
 
 from __future__ import annotations
 
-import base64
-import html
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 
-from bnsearch import plots, results, search, stats
+from bnsearch import plots, render, results, search, stats
 from bnsearch.spec import FAILURES, SEARCH_SEED_BASE, SEARCH_SPLIT_SEED, Comparison
 
 BN_COLUMNS = ("bn_mode_gap", "bn_mean_shift", "bn_var_log_ratio", "bn_dead_channels", "bn_stale_stats")
@@ -35,13 +33,29 @@ class Built:
     analysis: stats.Analysis | None
 
 
-def build(table: pd.DataFrame, spec: dict[str, Any], out: str | Path) -> Built:
-    """Write ``report.md``, ``report.html`` and ``plots/*.png`` under ``out``."""
+def plan_of(spec: dict[str, Any]) -> stats.Plan:
+    """The sequential plan a spec's budget declares: its looks, or one look at all its seeds."""
+    budget = spec["budget"]
+    return stats.Plan(tuple(budget.get("looks") or (budget["seeds"],)), budget.get("spending", "obrien_fleming"))
+
+
+def analysis_of(table: pd.DataFrame, spec: dict[str, Any], correct: dict | None = None,
+                plan: stats.Plan | None = None) -> stats.Analysis:
+    """The verdicts: the replicate phase's final values through the sweep's plan and family."""
+    metric = spec.get("report_metric", "test_accuracy")
+    final = results.final_values(table, metric, "replicate")
+    return stats.analyze(final, [Comparison(**c) for c in spec["comparisons"]], plan=plan or plan_of(spec),
+                         metric=metric, correct=correct or None)
+
+
+def build(table: pd.DataFrame, spec: dict[str, Any], out: str | Path, *, correct: dict | None = None,
+          plan: stats.Plan | None = None) -> Built:
+    """Write ``report.md``, ``report.html`` and ``plots/*.png`` under ``out``. ``correct`` holds
+    the replicate runs' per-example test results by (arm, seed); ``plan`` the recorded plan."""
     out = Path(out)
     (out / "plots").mkdir(parents=True, exist_ok=True)
     arms = list(spec["arms"])
     metric = spec.get("report_metric", "test_accuracy")
-    comparisons = [Comparison(**c) for c in spec["comparisons"]]
     replicate = table[table["phase"] == "replicate"] if "phase" in table else table.iloc[0:0]
     blocks: list[tuple[str, Any]] = [("h1", f"bnsearch report: {spec['name']}")]
     if spec.get("question"):
@@ -55,8 +69,9 @@ def build(table: pd.DataFrame, spec: dict[str, Any], out: str | Path) -> Built:
         lines.append("No replicate results yet: nothing to test.")
     else:
         final = results.final_values(table, metric, "replicate")
-        analysis = stats.analyze(final, comparisons, metric=metric)
-        blocks += _verdicts(analysis, final, replicate)
+        analysis = analysis_of(table, spec, correct, plan)
+        blocks += _verdicts(analysis, replicate)
+        blocks += _plan(analysis)
         blocks += _arms(analysis, table, arms, metric, list(spec.get("nuisance", {})))
         blocks += _evaluations(replicate, arms)
         blocks += [("img", plots.strip_plot(final, arms, analysis, metric, out / "plots" / "seeds.png"))]
@@ -64,9 +79,13 @@ def build(table: pd.DataFrame, spec: dict[str, Any], out: str | Path) -> Built:
         blocks += [("h2", "Learning curves (replicate phase)"),
                    ("img", plots.learning_curves(replicate, arms, out / "plots" / "learning_curves.png")),
                    ("p", "Mean over seeds per epoch; the band is ± one standard deviation across seeds.")]
-        lines += [f"{p.a} vs {p.b} ({p.kind}): {p.verdict.upper()}. {p.explanation}" for p in analysis.pairs]
-        lines += [f"  {s.arm}: {s.mean:.2f} points (95% CI {s.ci_low:.2f} to {s.ci_high:.2f}), n={s.n}, failed {s.n_failed}"
-                  for s in analysis.arms]
+        lines += [f"{p.label} ({p.kind}): {p.verdict.upper()}. {p.explanation}" for p in analysis.pairs]
+        lines += [f"{p.label} ({p.kind}), EXPLORATORY: {p.explanation}" for p in analysis.exploratory]
+        lines += [f"  {s.arm}: {s.mean:.2f} points (95% CI {_interval(s.ci_low, s.ci_high)}"
+                  + (f"; with the test set's error {_interval(s.test_ci_low, s.test_ci_high)}" if math.isfinite(s.test_ci_low) else "")
+                  + f"), n={s.n}, failed {s.n_failed}" for s in analysis.arms]
+        if analysis.saved:
+            lines.append(f"  The sequential plan stopped at {analysis.seeds} seeds per arm: {analysis.saved} seeds per arm saved.")
     blocks += _diagnostics(table)
     blocks += _search(table, arms, spec, out)
     blocks += [("h2", "Reproduce"),
@@ -76,9 +95,9 @@ def build(table: pd.DataFrame, spec: dict[str, Any], out: str | Path) -> Built:
                      "configuration (params), library versions and BN conventions (tags); the parent run holds "
                      "`spec.json`, `versions.json` and `results.parquet`.")]
     md = out / "report.md"
-    md.write_text(_markdown(blocks, out))
+    md.write_text(render.to_markdown(blocks, out))
     page = out / "report.html"
-    page.write_text(_html(blocks, out, spec["name"]))
+    page.write_text(render.to_html(blocks, out, spec["name"]))
     lines += [f"Warning: {w}" for w in _bn_warnings(table)]
     summary = "\n".join([f"\nReport for {spec['name']} ({metric}, accuracy points):", *lines])
     return Built(md, page, summary, analysis)
@@ -92,14 +111,60 @@ def _seed_text(replicate: pd.DataFrame) -> str:
 # --- sections -------------------------------------------------------------------------------
 
 
-def _verdicts(analysis: stats.Analysis, final: pd.DataFrame, replicate: pd.DataFrame) -> list:
-    items = [f"**{p.a} vs {p.b}** ({p.kind}, smallest effect of interest ±{p.sesoi:g} points): "
-             f"**{p.verdict}**. {p.explanation}" for p in analysis.pairs]
-    return [("h2", "Verdicts"), ("ul", items),
-            ("p", f"Metric: final `{analysis.metric}` at the full epoch budget, in accuracy points, over "
-                  f"{final['seed'].nunique()} seeds per arm; α = {analysis.alpha}, Holm-corrected across the "
-                  f"{len(analysis.pairs)} declared comparison(s). Failed runs (diverged, collapsed, crashed) count in each "
-                  f"arm's failure rate. {_statistics_text(replicate)}")]
+def _verdicts(analysis: stats.Analysis, replicate: pd.DataFrame) -> list:
+    items = [f"**{p.label}** ({p.kind}, smallest effect of interest ±{p.sesoi:g} points): **{p.verdict}**. {p.explanation}"
+             for p in analysis.pairs]
+    m = len(analysis.pairs)
+    test_set = any(p.evidence.with_test_set for p in analysis.pairs)
+    blocks = [("h2", "Verdicts"), ("ul", items),
+              ("p", f"Metric: final `{analysis.metric}` at the full epoch budget, in accuracy points, over {analysis.seeds} seeds "
+                    f"per arm. Family: {m} comparison(s), each claim tested at α/{m} = {analysis.alpha / m:.3g} (Holm over every "
+                    "claim, \"refuted\" included: a comparison's two claims exclude each other, so the divisor stays at the "
+                    "number of comparisons), spent over the looks of the sequential plan below. Failed runs (diverged, collapsed, "
+                    "crashed) count: as the worst outcome in the rank test that decides a difference when there are any, and an "
+                    f"arm whose failure rate differs by more than {stats.FAILURE_TOLERANCE:.0%} can never be equivalent. "
+                    + ("The intervals and tests include the fixed test set's sampling error (seeds × test examples); the "
+                       "seed-only intervals stand beside them in the comparisons table. " if test_set else
+                       "Only seed-to-seed variance enters the intervals (no per-example test results). ")
+                    + _statistics_text(replicate))]
+    if analysis.exploratory:
+        blocks += [("h3", "Exploratory: every seed, outside the plan"),
+                   ("ul", [f"**{p.label}**: {p.explanation}" for p in analysis.exploratory]),
+                   ("p", f"{analysis.seeds_run} seeds per arm ran, {analysis.seeds} of them within the sequential plan. Tests "
+                         "over seeds added after the plan had stopped (or beyond its last look) are optional stopping: they "
+                         "describe, they do not decide.")]
+    return blocks
+
+
+def _plan(analysis: stats.Analysis) -> list:
+    plan, m = analysis.plan, len(analysis.pairs)
+    two_sided, one_sided = plan.levels(analysis.alpha / m / 2), plan.levels(analysis.alpha / m)
+    rows = []
+    for k, n in enumerate(plan.looks):
+        row = {"look": k + 1, "seeds per arm": n, "difference: p below": f"{2 * two_sided[k]:.2g}",
+               "equivalence: TOST p below": f"{one_sided[k]:.2g}"}
+        for p in analysis.pairs:
+            step = p.steps[k] if k < len(p.steps) else None
+            row[p.label] = ("-" if step is None else
+                            f"{step.decided and stats.CLAIMS[p.kind][step.decided] or ('futile' if step.futile else 'go on')} "
+                            f"(p {_p(step.evidence.p_zero)}, TOST {_p(step.evidence.p_equivalent)})")
+        rows.append(row)
+    words = {"obrien_fleming": "O'Brien–Fleming", "pocock": "Pocock"}[plan.spending]
+    text = (f"Looks at {', '.join(map(str, plan.looks))} seeds per arm; Lan–DeMets {words}-type α spending, boundaries "
+            "from the joint normal law of the looks (scipy). A comparison closes at the first look where a claim is decided, "
+            "or where the rest of the plan has under a 10% chance to decide it (futility, non-binding); the sweep stops "
+            "when every comparison is closed.") if len(plan.looks) > 1 else (
+            f"One look, at {plan.looks[0]} seeds per arm (a fixed design). A budget with `looks` makes it group-sequential.")
+    if analysis.saved:
+        text += f" This sweep stopped at {analysis.seeds} seeds per arm and saved {analysis.saved} per arm."
+    blocks = [("h2", "Sequential plan"), ("p", text), ("table", pd.DataFrame(rows))]
+    if analysis.calibration:
+        c = analysis.calibration
+        blocks.append(("p", f"**A/A check of this rule:** {c.draws} sweeps simulated from this sweep's own seeds, each seed's "
+                            "results shuffled across the arms (nothing differs, the seed-to-seed spread and pairing stay), run "
+                            f"through the same plan, family and tests: {c.false_claims:.1%} made a false claim of a difference "
+                            f"(95% CI {c.low:.1%} to {c.high:.1%}); a calibrated rule stays at or below α = {analysis.alpha}."))
+    return blocks
 
 
 def _statistics_text(replicate: pd.DataFrame) -> str:
@@ -131,14 +196,14 @@ def _evaluations(replicate: pd.DataFrame, arms: list[str]) -> list:
 def _arms(analysis: stats.Analysis, table: pd.DataFrame, arms: list[str], metric: str, nuisance: list[str]) -> list:
     rows = [{
         "arm": s.arm, "n": s.n, "failed": f"{s.n_failed} ({s.failure_rate:.0%})", "mean": f"{s.mean:.2f}",
-        "95% CI (BCa)": f"{s.ci_low:.2f} to {s.ci_high:.2f}", "sd": f"{s.sd:.3f}", "median": f"{s.median:.2f}",
-        "IQM": f"{s.iqm:.2f}", "min": f"{s.min:.2f}", "max": f"{s.max:.2f}",
-        "A/A false positives": f"{analysis.aa[s.arm]:.3f}" if s.arm in analysis.aa else "-",
+        "95% CI (seeds)": _interval(s.ci_low, s.ci_high), "95% CI (seeds + test set)": _interval(s.test_ci_low, s.test_ci_high),
+        "sd": f"{s.sd:.3f}", "median": f"{s.median:.2f}", "IQM": f"{s.iqm:.2f}", "min": f"{s.min:.2f}", "max": f"{s.max:.2f}",
     } for s in analysis.arms]
     configs = _replicated_configs(table, arms, nuisance)
     return [("h2", f"Per arm: final {metric} over seeds"), ("table", pd.DataFrame(rows)),
-            ("p", "A/A false positives: how often the difference test calls two random halves of the same arm's "
-                  f"seeds significant (should be ≤ α = {analysis.alpha})."),
+            ("p", "Means over the seeds that finished (failures are in the failure rate and in the verdicts). Student-t "
+                  "intervals over seeds; the second adds the test set's sampling error (two-way seeds × test examples "
+                  "variance) where per-example results were logged."),
             ("h3", "The configuration each arm replicated (its best search trial)"), ("table", configs)]
 
 
@@ -158,23 +223,29 @@ def _replicated_configs(table: pd.DataFrame, arms: list[str], nuisance: list[str
 
 def _pairs(analysis: stats.Analysis, out: Path) -> list:
     rows = [{
-        "comparison": f"{p.a} − {p.b}", "kind": p.kind, "pairing": "paired by seed" if p.paired else "unpaired",
-        "difference": f"{p.difference:+.2f}", "95% CI": f"{p.ci_low:+.2f} to {p.ci_high:+.2f}",
-        "test": p.test, "p": _p(p.p_value), "Holm p": _p(p.p_adjusted), p.rank_test: _p(p.rank_p),
-        "permutation p": _p(p.permutation_p), "TOST p": _p(p.tost_p),
-        "P(A>B)": f"{p.p_superiority:.2f} ({p.p_superiority_ci[0]:.2f}–{p.p_superiority_ci[1]:.2f})",
-        "Hedges' g": f"{p.hedges_g:+.2f}", "verdict": p.verdict,
+        "comparison": p.label, "kind": p.kind, "pairing": "paired by seed" if p.evidence.paired else "unpaired",
+        "seeds": p.seeds, "difference": f"{p.difference:+.2f}", "95% CI (seeds)": _interval(*p.seed_ci, sign=True),
+        "95% CI (seeds + test set)": _interval(*p.test_ci, sign=True),
+        "decided on": f"{p.decision_confidence:.2%} CI {_interval(*p.decision_ci, sign=True)}",
+        "test": p.evidence.zero_test, "p": _p(p.evidence.p_zero), "TOST p": _p(p.evidence.p_equivalent),
+        "rank test": f"{p.rank_test} {_p(p.rank_p)}", "permutation p": _p(p.permutation_p),
+        "same-seed P(A>B)": f"{p.p_superiority:.2f} ({_interval(*p.p_superiority_ci)})",
+        "Hedges' g": f"{p.hedges_g:+.2f}", "failure rates": " vs ".join(f"{r:.0%}" for r in p.evidence.failure_rates),
+        "verdict": p.verdict,
     } for p in analysis.pairs]
     power = [{
-        "comparison": f"{p.a} vs {p.b}", "observed sd": f"{p.sd:.3f}", "n per arm": min(p.n_a, p.n_b),
-        "min. detectable effect": f"{p.mde:.2f}", "SESOI": f"{p.sesoi:g}", "seeds per arm for SESOI": p.seeds_needed,
+        "comparison": p.label, "observed sd": f"{p.sd:.3f}", "seeds per arm": p.seeds,
+        "min. detectable effect": f"{p.mde:.2f}", "SESOI": f"{p.sesoi:g}", "seeds per arm for a new sweep": p.seeds_needed,
     } for p in analysis.pairs]
     return [("h2", "Comparisons"), ("table", pd.DataFrame(rows).fillna("-")),
             ("img", plots.forest_plot(analysis.pairs, out / "plots" / "differences.png")),
-            ("p", "Holm p is the primary test's p (difference: the t-test; equivalence: TOST) corrected across the "
-                  "family. P(A>B): the chance that a seed of A beats a seed of B, with a bootstrap 95% CI."),
+            ("p", "\"Decided on\": the interval at the level the verdict spent (the family's share and the look's "
+                  "boundary; TOST's is the 1 − 2α interval): a verdict is what this interval shows against 0 and ±SESOI. "
+                  "Same-seed P(A>B): the share of seeds on which A beat B (a failure losing), with a Wilson 95% interval."),
             ("h2", "Power"), ("table", pd.DataFrame(power)),
-            ("p", "Two-sided α, 80% power; the sd is that of the per-seed differences when paired.")]
+            ("p", f"At the family's level α/{len(analysis.pairs)}, 80% power; the sd is of the per-seed differences when paired. "
+                  "Seeds for a new sweep plan with the sd's upper 80% confidence bound (a small-sample sd is often an "
+                  "underestimate) and are never fewer than already ran; adding them to this sweep would be optional stopping.")]
 
 
 def _diagnostics(table: pd.DataFrame) -> list:
@@ -248,60 +319,35 @@ def _search(table: pd.DataFrame, arms: list[str], spec: dict[str, Any], out: Pat
             importances.append({"arm": arm, "hyperparameter": name, "importance (fANOVA)": f"{value:.2f}"})
     if importances:
         blocks += [("h3", "Hyperparameter importance"), ("table", pd.DataFrame(importances))]
+    blocks += _tuning_curves(last, arms, metric, spec.get("mode", "max"), out)
     blocks += [("h3", "Parallel coordinates"), ("img", plots.parallel_coordinates(last, arms, metric, out / "plots" / "search.png"))]
     return blocks
 
 
-# --- rendering ------------------------------------------------------------------------------
+def _tuning_curves(last: pd.DataFrame, arms: list[str], metric: str, mode: str, out: Path) -> list:
+    """Expected best search score against the number of trials per arm (Dodge et al. 2019)."""
+    scale = 100 if metric.endswith("accuracy") else 1
+    curves = {arm: stats.expected_best(scale * last[last["arm"] == arm][metric].to_numpy(dtype=float), maximize=mode == "max")
+              for arm in arms}
+    curves = {arm: c for arm, c in curves.items() if len(c[0])}
+    if not curves:
+        return []
+    rows = [{"arm": arm, **{f"{k} trial{'s' * (k > 1)}": f"{mean[k - 1]:.2f} ± {sd[k - 1]:.2f}"
+                            for k in sorted({1, (len(mean) + 1) // 2, len(mean)})}} for arm, (mean, sd) in curves.items()]
+    return [("h3", "Tuning-budget curves"),
+            ("img", plots.tuning_curves(curves, metric, out / "plots" / "tuning_budget.png")),
+            ("table", pd.DataFrame(rows).fillna("-")),
+            ("p", f"Expected best {metric} (the smoothed value that chose each arm's configuration) after k search trials, "
+                  "± the sd of that best, from the trials that ran, as in Dodge et al. 2019. An arm that wins only at the "
+                  "full budget is the harder one to tune: the verdicts hold at this sweep's budget, not necessarily at a "
+                  "smaller one. The curves treat the trials as draws from the search space; TPE and early stopping make them "
+                  "less alike than that.")]
 
 
-def _markdown(blocks: list, out: Path) -> str:
-    parts = []
-    for kind, content in blocks:
-        if kind in ("h1", "h2", "h3"):
-            parts.append("#" * int(kind[1]) + " " + content)
-        elif kind == "p":
-            parts.append(content)
-        elif kind == "ul":
-            parts.append("\n".join(f"- {item}" for item in content))
-        elif kind == "table":
-            parts.append(_markdown_table(content))
-        elif kind == "img":
-            parts.append(f"![{content.stem}]({content.relative_to(out).as_posix()})")
-    return "\n\n".join(parts) + "\n"
-
-
-def _markdown_table(frame: pd.DataFrame) -> str:
-    cells = lambda row: "| " + " | ".join(str(v).replace("|", "\\|") for v in row) + " |"  # noqa: E731
-    return "\n".join([cells(frame.columns), cells(["---"] * len(frame.columns)), *(cells(r) for r in frame.itertuples(index=False))])
-
-
-def _html(blocks: list, out: Path, title: str) -> str:
-    def inline(text: str) -> str:  # the two bits of Markdown the prose uses: **bold** and `code`
-        text = html.escape(text)
-        for mark, tag in (("**", "b"), ("`", "code")):
-            pieces = text.split(mark)
-            text = "".join(p if i % 2 == 0 else f"<{tag}>{p}</{tag}>" for i, p in enumerate(pieces))
-        return text
-
-    parts = []
-    for kind, content in blocks:
-        if kind in ("h1", "h2", "h3"):
-            parts.append(f"<{kind}>{html.escape(content)}</{kind}>")
-        elif kind == "p":
-            parts.append(f"<p>{inline(content)}</p>")
-        elif kind == "ul":
-            parts.append("<ul>" + "".join(f"<li>{inline(i)}</li>" for i in content) + "</ul>")
-        elif kind == "table":
-            parts.append(content.to_html(index=False, border=0, escape=True))
-        elif kind == "img":  # embedded, so the page works inside MLflow's artifact viewer
-            data = base64.b64encode(content.read_bytes()).decode()
-            parts.append(f'<img alt="{content.stem}" src="data:image/png;base64,{data}">')
-    style = ("body{font-family:system-ui,sans-serif;max-width:70em;margin:2em auto;color:#222}"
-             "table{border-collapse:collapse;font-size:.9em;margin:1em 0}td,th{padding:.25em .6em;border-bottom:1px solid #ddd;text-align:right}"
-             "img{max-width:100%}code{background:#f4f4f4;padding:0 .2em}")
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)} report</title>"
-            f"<style>{style}</style></head><body>{''.join(parts)}</body></html>\n")
+def _interval(low: float, high: float, *, sign: bool = False) -> str:
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return "-"
+    return f"{low:+.2f} to {high:+.2f}" if sign else f"{low:.2f} to {high:.2f}"
 
 
 def _p(value: float) -> str:

@@ -114,6 +114,9 @@ def best_configs(table: pd.DataFrame, arms: list[str], metric: str, mode: str) -
     return best
 
 
+TEST_CORRECT_FILE = "test_correct.npz"  # per replicate run: a bit per test example, 1 where right
+
+
 def pack_correct(correct: np.ndarray) -> bytes:
     """Per-example results as ``.npz`` bytes: a bit per example (``np.packbits``) and their count."""
     correct = np.asarray(correct, dtype=bool)

@@ -170,26 +170,49 @@ class Budget:
     max_concurrent_trials: int | None = None  # None: as many as the resources allow
     search_seed: int = 0
     seeds: int = 10  # replicate phase: every arm's best configuration re-run on seeds 0..seeds-1
+    # Group-sequential replicate phase: the seed counts at which the verdicts are looked at (the
+    # last is ``seeds``); it stops once every comparison is decided. () = one look, at ``seeds``.
+    looks: tuple[int, ...] = ()
+    spending: str = "obrien_fleming"  # or "pocock": how the looks share alpha (Lan-DeMets)
     checkpoint_every_s: float = 30.0  # a trial checkpoints at most this often (0: every epoch)
 
 
 @dataclass(frozen=True)
 class Comparison:
-    """A claim the report settles: arm ``a`` against arm ``b`` on the sweep's report metric.
+    """A claim the report settles, on the sweep's report metric: arm ``a`` against arm ``b``, or
+    an interaction, a difference of differences such as ``("bn,b8", "none,b8")`` against
+    ``("bn,b128", "none,b128")`` (is BN's gain at batch 8 the same as at 128?).
 
-    ``kind="difference"`` asks whether the arms differ; ``kind="equivalence"`` whether they
-    are the same within ``sesoi``, the smallest effect of interest, in accuracy points
+    ``kind="difference"`` asks whether the two sides differ; ``kind="equivalence"`` whether
+    they are the same within ``sesoi``, the smallest effect of interest, in accuracy points
     (0.5 = half a percentage point).
     """
 
-    a: str
-    b: str
+    a: str | tuple[str, str]
+    b: str | tuple[str, str]
     kind: str = "difference"
     sesoi: float = 0.5
 
+    def __post_init__(self):  # a spec read back from JSON has lists where tuples were
+        for side in ("a", "b"):
+            if isinstance(getattr(self, side), list):
+                object.__setattr__(self, side, tuple(getattr(self, side)))
+
+    @property
+    def terms(self) -> dict[str, int]:
+        """Each arm's weight in the contrast: a - b, or (a[0] - a[1]) - (b[0] - b[1])."""
+        weights: dict[str, int] = {}
+        for side, sign in ((self.a, 1), (self.b, -1)):
+            for arm, inner in zip((side,) if isinstance(side, str) else side, (1, -1)):
+                weights[arm] = weights.get(arm, 0) + sign * inner
+        return {arm: w for arm, w in weights.items() if w}
+
     @property
     def label(self) -> str:
-        return f"{self.a} vs {self.b}"
+        def name(side):
+            return side if isinstance(side, str) else f"({side[0]} − {side[1]})"
+
+        return f"{name(self.a)} vs {name(self.b)}"
 
 
 @dataclass(frozen=True)

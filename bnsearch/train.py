@@ -40,7 +40,8 @@ from bnsearch.spec import DEFAULTS
 Report = Callable[[dict[str, float], "str | None"], None]
 Keep = Callable[[dict[str, bytes]], None]
 MODEL_FILE, STATE_FILE = "model.keras", "state.json"
-TEST_CORRECT_FILE, BN_LAYERS_FILE = "test_correct.npz", "bn_layers.json"
+BN_LAYERS_FILE = "bn_layers.json"
+TEST_CORRECT_FILE = results.TEST_CORRECT_FILE
 # Several steps per tf.function call: +55% on small MLPs on CPU, same results.
 STEPS_PER_EXECUTION = 8
 # Collapse: training that is at chance. "At chance" needs both, over an epoch: training accuracy

@@ -14,6 +14,8 @@ from bnsearch.spec import (
     ACTIVATIONS, DEFAULTS, DISTRIBUTIONS, METRICS, OPTIMIZERS, PLACEMENTS, QUESTION_KINDS, REPORT_METRICS, SAMPLERS,
     BN_STATISTICS, LR_SCHEDULES, Choice, Comparison, ComplementLogUniform, IntUniform, LogUniform, Sweep,
 )
+from bnsearch.stats.sequential import SPENDING
+
 
 def _is_real(v) -> bool:
     return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
@@ -133,6 +135,14 @@ def problems(sweep: Sweep):
         yield "budget.checkpoint_every_s", f"must be a number of seconds >= 0, got {b.checkpoint_every_s!r}"
     if not _is_int(b.seeds) or b.seeds < 2:
         yield "budget.seeds", f"must be a whole number >= 2 (statistics need at least two seeds per arm), got {b.seeds!r}"
+    looks = tuple(b.looks) if isinstance(b.looks, (tuple, list)) else None
+    if looks is None or not all(_is_int(n) for n in looks):
+        yield "budget.looks", f"must be a tuple of seed counts, got {b.looks!r}"
+    elif looks and (any(n < 2 for n in looks) or list(looks) != sorted(set(looks)) or looks[-1] != b.seeds):
+        yield "budget.looks", (f"must be increasing seed counts >= 2 ending at budget.seeds ({b.seeds!r}), "
+                               f"e.g. ({max(2, b.seeds // 4)}, {max(3, b.seeds // 2)}, {b.seeds}); got {b.looks!r}")
+    if b.spending not in SPENDING:
+        yield "budget.spending", f"must be one of {', '.join(SPENDING)}, got {b.spending!r}"
 
     try:
         arms = list(sweep.arms())
@@ -143,11 +153,18 @@ def problems(sweep: Sweep):
         if not isinstance(c, Comparison):
             yield where, f"must be a Comparison(a, b, kind, sesoi), got {c!r}"
             continue
-        for side in ("a", "b"):
-            if getattr(c, side) not in arms:
-                yield f"{where}.{side}", f"unknown arm {getattr(c, side)!r}; arms: {', '.join(arms)}"
-        if c.a == c.b:
-            yield where, f"compares arm {c.a!r} with itself"
+        sides = [getattr(c, side) for side in ("a", "b")]
+        pair = [isinstance(v, tuple) and len(v) == 2 and all(isinstance(x, str) for x in v) for v in sides]
+        for side, value, is_pair in zip(("a", "b"), sides, pair):
+            if not (isinstance(value, str) or is_pair):
+                yield f"{where}.{side}", f"must be an arm name, or a pair of arm names for an interaction, got {value!r}"
+            for arm in (value,) if isinstance(value, str) else value if is_pair else ():
+                if arm not in arms:
+                    yield f"{where}.{side}", f"unknown arm {arm!r}; arms: {', '.join(arms)}"
+        if isinstance(sides[0], str) != isinstance(sides[1], str):
+            yield where, "compares an arm with a difference of arms: give both sides as arms, or both as pairs"
+        elif c.a == c.b or any(p and v[0] == v[1] for p, v in zip(pair, sides)):
+            yield where, f"compares {c.a!r} with itself"
         if c.kind not in QUESTION_KINDS:
             yield f"{where}.kind", f"must be one of {', '.join(QUESTION_KINDS)}, got {c.kind!r}"
         if not _is_real(c.sesoi) or c.sesoi <= 0:

@@ -1,3 +1,6 @@
+"""The statistics against scipy, statsmodels, published boundaries and hand formulas."""
+
+import itertools
 import math
 import warnings
 
@@ -5,17 +8,13 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats as st
-from statsmodels.stats.multitest import multipletests
-from statsmodels.stats.power import TTestIndPower, TTestPower
+from statsmodels.stats.power import TTestPower
 from statsmodels.stats.weightstats import ttost_ind, ttost_paired
 
 from bnsearch import stats
 from bnsearch.spec import Comparison
 
 ALPHA = stats.ALPHA
-# The A/A rate over 2000 draws may exceed alpha by 3 binomial sds before we call it miscalibrated.
-DRAWS = 2000
-AA_LIMIT = ALPHA + 3 * math.sqrt(ALPHA * (1 - ALPHA) / DRAWS)
 
 
 @pytest.fixture
@@ -30,198 +29,11 @@ def rng(seed=0):
     return np.random.default_rng(seed)
 
 
-# --- summaries -------------------------------------------------------------------------------
-
-
-def test_summary_by_hand():
-    s = stats.summarize([1, 2, 3, 4], arm="before", failed=1)
-    assert (s.arm, s.n, s.n_failed) == ("before", 4, 1)
-    assert s.failure_rate == pytest.approx(1 / 5)
-    assert s.mean == pytest.approx(2.5)
-    assert s.sd == pytest.approx(math.sqrt(5 / 3))
-    assert (s.median, s.min, s.max) == (2.5, 1, 4)
-    assert s.ci_low < s.mean < s.ci_high
-
-
-def test_iqm_is_the_mean_of_the_middle_half_and_ignores_an_outlier():
-    assert stats.summarize(range(1, 9)).iqm == pytest.approx((3 + 4 + 5 + 6) / 4)
-    assert stats.summarize([1, 2, 3, 4, 5, 6, 7, 1000]).iqm == pytest.approx(4.5)
-
-
-def test_summary_ci_is_scipys_bca_bootstrap():
-    values = rng().normal(97, 0.4, 12)
-    s = stats.summarize(values, seed=7)
-    ref = st.bootstrap((values,), np.mean, method="BCa", rng=7).confidence_interval
-    assert (s.ci_low, s.ci_high) == pytest.approx((ref.low, ref.high))
-    assert stats.summarize(values, seed=7, confidence=0.8).ci_high < s.ci_high
-
-
-def test_summary_ignores_non_finite_values():
-    s = stats.summarize([1.0, np.nan, 3.0, np.inf])
-    assert (s.n, s.mean) == (2, 2.0)
-
-
-@pytest.mark.parametrize(
-    "values, failed, n, mean, sd_is_nan, ci",
-    [
-        ([5.0], 0, 1, 5.0, True, (5.0, 5.0)),
-        ([2.0, 2.0, 2.0], 0, 3, 2.0, False, (2.0, 2.0)),
-    ],
-)
-def test_degenerate_summaries_collapse_the_ci_quietly(strict, values, failed, n, mean, sd_is_nan, ci):
-    s = stats.summarize(values, failed=failed)
-    assert (s.n, s.mean) == (n, mean)
-    assert math.isnan(s.sd) == sd_is_nan
-    assert (s.ci_low, s.ci_high) == ci
-
-
-def test_an_arm_with_only_failures(strict):
-    s = stats.summarize([], failed=3)
-    assert (s.n, s.failure_rate) == (0, 1.0)
-    assert math.isnan(s.mean) and math.isnan(s.ci_low)
-
-
-# --- pairwise effect sizes and intervals, by hand ---------------------------------------------
-
-
-def test_paired_difference_and_t_interval_by_hand():
-    a, b = [3, 5, 4, 6], [1, 4, 2, 4]  # differences 2, 1, 2, 2: mean 1.75, sd 0.5, se 0.25
-    r = stats.compare(a, b, paired=True)
-    assert (r.paired, r.n_a, r.n_b, r.test) == (True, 4, 4, "paired t")
-    assert r.difference == pytest.approx(1.75)
-    half = st.t.ppf(0.975, df=3) * 0.25
-    assert (r.ci_low, r.ci_high) == pytest.approx((1.75 - half, 1.75 + half))
-    assert r.p_value == pytest.approx(2 * st.t.sf(1.75 / 0.25, df=3))
-    assert r.sd == pytest.approx(0.5)
-
-
-def j(df):
-    """Hedges' exact small-sample correction."""
-    return math.gamma(df / 2) / (math.sqrt(df / 2) * math.gamma((df - 1) / 2))
-
-
-def test_hedges_g_by_hand():
-    a, b = [2, 4, 6], [1, 2, 3]  # means 4 and 2, sds 2 and 1
-    unpaired = stats.compare(a, b, paired=False)
-    assert unpaired.hedges_g == pytest.approx(j(4) * 2 / math.sqrt((2 * 4 + 2 * 1) / 4))
-    assert unpaired.sd == pytest.approx(math.sqrt(2.5))  # pooled
-    assert j(4) == pytest.approx(1 - 3 / (4 * 4 - 1), rel=0.01)  # the textbook approximation
-    paired = stats.compare(a, b, paired=True)  # g_av: over the average of the two sds
-    assert paired.hedges_g == pytest.approx(j(2) * 2 / 1.5)
-    assert stats.compare(b, a, paired=False).hedges_g == pytest.approx(-unpaired.hedges_g)
-
-
-def test_probability_of_superiority_by_hand():
-    a, b = [1, 2, 3], [0, 2, 2.5]
-    # a=1 beats 0; a=2 beats 0 and ties 2 (half); a=3 beats all three: 5.5 of 9 pairs
-    r = stats.compare(a, b, paired=False)
-    assert r.p_superiority == pytest.approx(5.5 / 9)
-    assert r.p_superiority == pytest.approx(st.mannwhitneyu(a, b).statistic / 9)
-    assert stats.compare(b, a, paired=False).p_superiority == pytest.approx(3.5 / 9)
-
-
-@pytest.mark.parametrize("paired", [True, False])
-def test_superiority_ci_is_a_percentile_bootstrap_of_u_over_nm(paired):
-    a, b = rng(1).normal(1, 1, 8), rng(2).normal(0, 1, 8)
-    r = stats.compare(a, b, paired=paired, seed=3)
-    ref = st.bootstrap(
-        (a, b), lambda x, y: np.mean(np.subtract.outer(x, y) > 0) + np.mean(np.subtract.outer(x, y) == 0) / 2,
-        paired=paired, vectorized=False, batch=1000, method="percentile", rng=3,
-    ).confidence_interval
-    assert r.p_superiority_ci == pytest.approx((ref.low, ref.high))
-    assert r.p_superiority_ci[0] <= r.p_superiority <= r.p_superiority_ci[1]
-
-
-# --- pairwise tests against scipy and statsmodels -------------------------------------------
-
-
-def test_paired_tests_match_scipy_and_statsmodels():
-    a = rng(1).normal(97, 0.3, 9)
-    b = a - rng(2).normal(0.2, 0.3, 9)
-    r = stats.compare(a, b, paired=True, sesoi=0.4, seed=5)
-    t = st.ttest_rel(a, b)
-    assert r.p_value == pytest.approx(t.pvalue)
-    assert (r.ci_low, r.ci_high) == pytest.approx(tuple(t.confidence_interval(0.95)))
-    assert (r.rank_test, r.rank_p) == ("Wilcoxon signed-rank", pytest.approx(st.wilcoxon(a, b).pvalue))
-    assert r.tost_p == pytest.approx(ttost_paired(a, b, -0.4, 0.4)[0])
-    perm = st.permutation_test((a, b), lambda x, y: np.mean(x - y), permutation_type="samples", rng=5)
-    assert r.permutation_p == pytest.approx(perm.pvalue)
-
-
-def test_unpaired_tests_match_scipy_and_statsmodels():
-    a, b = rng(1).normal(97, 0.3, 7), rng(2).normal(96.7, 0.6, 11)
-    r = stats.compare(a, b, paired=False, sesoi=0.4, seed=5)
-    t = st.ttest_ind(a, b, equal_var=False)
-    assert (r.test, r.n_a, r.n_b) == ("Welch t", 7, 11)
-    assert r.p_value == pytest.approx(t.pvalue)
-    assert (r.ci_low, r.ci_high) == pytest.approx(tuple(t.confidence_interval(0.95)))
-    assert (r.rank_test, r.rank_p) == ("Mann-Whitney U", pytest.approx(st.mannwhitneyu(a, b).pvalue))
-    assert r.tost_p == pytest.approx(ttost_ind(a, b, -0.4, 0.4, usevar="unequal")[0])
-    perm = st.permutation_test((a, b), lambda x, y: np.mean(x) - np.mean(y), rng=5)
-    assert r.permutation_p == pytest.approx(perm.pvalue, abs=0.01)  # Monte Carlo: same seed, batched
-
-
-def test_holm_matches_statsmodels_and_passes_nan_through():
-    p = [0.01, 0.04, 0.03, 0.2]
-    assert stats.holm(p) == pytest.approx(list(multipletests(p, method="holm")[1]))
-    adjusted = stats.holm([0.01, float("nan"), 0.04])
-    assert math.isnan(adjusted[1])
-    assert [adjusted[0], adjusted[2]] == pytest.approx([0.02, 0.04])
-
-
-def test_compare_rejects_bad_input():
-    with pytest.raises(ValueError, match="kind"):
-        stats.compare([1, 2], [1, 2], paired=True, kind="superiority")
-    with pytest.raises(ValueError, match="paired"):
-        stats.compare([1, 2, 3], [1, 2], paired=True)
-
-
-@pytest.mark.parametrize("a, b", [([1.0], [2.0]), ([], [1.0, 2.0]), ([1.0, 1.0], [1.0, 1.0])])
-def test_too_little_data_is_inconclusive_not_an_error(strict, a, b):
-    r = stats.compare(a, b, paired=len(a) == len(b))
-    if len(a) < 2:
-        assert r.verdict == "inconclusive"
-        assert "at least 2 finished seeds per arm are needed" in r.explanation
-    assert r.verdict in {"supported", "refuted", "inconclusive"}
-
-
-# --- power -----------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("sd, seeds", [(0.2, 4), (0.3, 7), (0.5, 17)])
-def test_the_guides_planning_figures(sd, seeds):
-    n = stats.seeds_needed(sd, 0.5, paired=False, kind="difference")
-    assert n == seeds
-    assert stats.minimum_detectable_effect(sd, n, paired=False) <= 0.5
-    assert stats.minimum_detectable_effect(sd, n - 1, paired=False) > 0.5
-
-
-@pytest.mark.parametrize("sd", [0.15, 0.4, 1.3])
-def test_seeds_needed_solves_statsmodels_power_equations(sd):
-    effect = 0.5 / sd
-    paired = stats.seeds_needed(sd, 0.5, paired=True, kind="difference")
-    assert paired == math.ceil(TTestPower().solve_power(effect, alpha=0.05, power=0.8))
-    # TOST with a true difference of 0: one-sided alpha on each side, power 1 - 0.2 / 2
-    equivalent = stats.seeds_needed(sd, 0.5, paired=False, kind="equivalence")
-    tost = TTestIndPower().solve_power(effect, alpha=0.05, power=0.9, alternative="larger")
-    assert equivalent == math.ceil(tost)
-
-
-def test_pairing_needs_fewer_seeds_and_detects_smaller_effects():
-    assert stats.seeds_needed(0.5, 0.5, paired=True, kind="difference") < 17
-    assert stats.minimum_detectable_effect(0.3, 10, paired=True) < stats.minimum_detectable_effect(0.3, 10, paired=False)
-
-
-def test_degenerate_planning(strict):
-    assert stats.seeds_needed(0.0, 0.5, paired=False, kind="difference") == 2
-    assert stats.seeds_needed(float("nan"), 0.5, paired=True, kind="difference") == stats.SEEDS_CAP
-    assert stats.seeds_needed(5.0, 0.001, paired=False, kind="equivalence") == stats.SEEDS_CAP
-    assert stats.seeds_needed(0.001, 0.5, paired=False, kind="difference") == 2  # huge effect
-    assert stats.minimum_detectable_effect(0.0, 5, paired=False) == 0.0
-    assert math.isnan(stats.minimum_detectable_effect(0.3, 1, paired=True))
-
-
-# --- verdicts --------------------------------------------------------------------------------
+def frame(arms: dict[str, list[float]], seeds=None):
+    """One row per run; NaN is a failed run."""
+    rows = [(arm, (seeds or {}).get(arm, range(len(v)))[i], x, not np.isfinite(x))
+            for arm, v in arms.items() for i, x in enumerate(v)]
+    return pd.DataFrame(rows, columns=["arm", "seed", "value", "failed"])
 
 
 def paired_arms(gap, sd, n, seed=0):
@@ -229,195 +41,225 @@ def paired_arms(gap, sd, n, seed=0):
     return base + gap + rng(seed + 1).normal(0, sd, n), base + rng(seed + 2).normal(0, sd, n)
 
 
-def test_a_clear_difference_is_supported():
-    a, b = paired_arms(2.0, 0.2, 10)
-    r = stats.compare(a, b, a_name="before", b_name="none", paired=True)
-    assert r.verdict == "supported"
-    assert r.p_adjusted == r.p_value < ALPHA
-    assert r.explanation.startswith("before beats none by 2.")
-    assert "paired t" in r.explanation and r.explanation.endswith("supported.")
-    assert r.hedges_g > 0.8 and r.p_superiority > 0.9
+def one(a, b, kind="difference", sesoi=0.5, **kwargs):
+    return stats.analyze(frame({"a": list(a), "b": list(b)}), [Comparison("a", "b", kind, sesoi)], calibration_draws=0,
+                         **kwargs).pairs[0]
 
 
-def test_a_clear_deficit_reads_as_trailing():
-    b, a = paired_arms(2.0, 0.2, 10)
-    assert stats.compare(a, b, a_name="x", b_name="y", paired=True).explanation.startswith("x trails y by 2.")
+# --- summaries -------------------------------------------------------------------------------
 
 
-def test_near_identical_arms_refute_a_difference_and_support_equivalence():
+def test_summary_by_hand():
+    s = stats.summarize([1, 2, 3, 4], arm="before", failed=1)
+    assert (s.arm, s.n, s.n_failed, s.failure_rate) == ("before", 4, 1, pytest.approx(1 / 5))
+    assert (s.mean, s.sd, s.median, s.min, s.max) == (2.5, pytest.approx(math.sqrt(5 / 3)), 2.5, 1, 4)
+    assert (s.ci_low, s.ci_high) == pytest.approx(st.t.interval(0.95, 3, loc=2.5, scale=math.sqrt(5 / 3) / 2))
+    assert stats.summarize(range(1, 9)).iqm == pytest.approx((3 + 4 + 5 + 6) / 4)
+    assert stats.summarize([1.0, np.nan, 3.0, np.inf]).n == 2
+    empty = stats.summarize([], failed=3)
+    assert (empty.n, empty.failure_rate) == (0, 1.0) and math.isnan(empty.mean)
+
+
+def test_the_test_set_interval_adds_the_examples_variance_as_a_pigeonhole_bootstrap_would():
+    g = rng(3)
+    difficulty = g.normal(0, 1.5, 400)  # some test examples are hard for every seed
+    correct = g.random((6, 400)) < 1 / (1 + np.exp(-(1.5 + difficulty + g.normal(0, 0.3, (6, 1)))))
+    values = 100 * correct.mean(axis=1)
+    s = stats.summarize(values, correct=correct)
+    assert s.test_ci_low < s.ci_low and s.test_ci_high > s.ci_high
+    # Owen's pigeonhole bootstrap: resample seeds and examples independently.
+    boot = [100 * correct[np.ix_(g.integers(0, 6, 6), g.integers(0, 400, 400))].mean() for _ in range(4000)]
+    half_width = (s.test_ci_high - s.test_ci_low) / 2
+    se = half_width / st.t.isf(0.025, 5)
+    assert se == pytest.approx(np.std(boot) * math.sqrt(6 / 5), rel=0.25)  # ddof: the bootstrap is biased by (n-1)/n
+
+
+# --- evidence --------------------------------------------------------------------------------
+
+
+def test_paired_evidence_is_scipys_paired_t_and_statsmodels_tost():
+    a, b = paired_arms(0.3, 0.2, 8)
+    ev = one(a, b).evidence
+    assert ev.paired and ev.n == 8 and ev.zero_test == "paired t"
+    assert ev.p_zero == pytest.approx(st.ttest_rel(a, b).pvalue)
+    assert ev.p_equivalent == pytest.approx(ttost_paired(a, b, -0.5, 0.5)[0])
+    ci = st.ttest_rel(a, b).confidence_interval(0.95)
+    assert one(a, b).seed_ci == pytest.approx((ci.low, ci.high))
+
+
+def test_unpaired_evidence_is_welch_and_tost_with_unequal_variances():
+    a, b = rng(1).normal(97, 0.3, 5), rng(2).normal(96.8, 0.6, 6)
+    r = stats.analyze(frame({"a": list(a), "b": list(b)}, seeds={"b": range(10, 16)}), [Comparison("a", "b")],
+                      calibration_draws=0).pairs[0]
+    assert not r.evidence.paired
+    assert r.evidence.p_zero == pytest.approx(st.ttest_ind(a, b, equal_var=False).pvalue)
+    assert r.evidence.p_equivalent == pytest.approx(ttost_ind(a, b, -0.5, 0.5, usevar="unequal")[0])
+    assert r.rank_test == "Mann-Whitney U" and r.rank_p == pytest.approx(st.mannwhitneyu(a, b).pvalue)
+
+
+def test_apart_p_is_the_two_sided_level_at_which_the_ci_leaves_the_sesoi_band():
+    a, b = paired_arms(1.5, 0.3, 10)
+    ev = one(a, b).evidence
+    low, _ = st.ttest_rel(a - 0.5, b).confidence_interval(1 - ev.p_apart)
+    assert low == pytest.approx(0.0, abs=1e-9)  # at level p_apart the CI's edge sits exactly on +SESOI
+
+
+def test_an_interaction_is_the_difference_of_per_seed_differences():
+    c = Comparison(("bn8", "none8"), ("bn128", "none128"))
+    assert c.terms == {"bn8": 1, "none8": -1, "bn128": -1, "none128": 1}
+    assert Comparison(["x", "y"], ["z", "y"]).terms == {"x": 1, "z": -1}  # read back from JSON; y cancels
+    g = rng(4)
+    arms = {k: list(97 + g.normal(0, 0.3, 8)) for k in c.terms}
+    r = stats.analyze(frame(arms), [c], calibration_draws=0).pairs[0]
+    d = np.array(arms["bn8"]) - arms["none8"] - arms["bn128"] + arms["none128"]
+    assert r.evidence.p_zero == pytest.approx(st.ttest_1samp(d, 0).pvalue)
+    assert r.label == "(bn8 − none8) vs (bn128 − none128)"
+
+
+def test_same_seed_superiority_counts_wins_per_seed_with_a_wilson_interval():
+    a = [97.0, 96.0, 98.0, 95.0, np.nan]  # the last seed failed: a loss for a
+    b = [96.0, 97.0, 97.0, 94.0, 96.0]
+    r = one(a, b)
+    assert r.p_superiority == pytest.approx(3 / 5)
+    assert 0 < r.p_superiority_ci[0] < 0.6 < r.p_superiority_ci[1] < 1
+
+
+# --- failures --------------------------------------------------------------------------------
+
+
+def test_an_arm_that_diverged_on_8_of_10_seeds_is_never_equivalent():
+    """The D1 example: paired on its 2 survivors the arms look equivalent."""
     a, b = paired_arms(0.0, 0.05, 10)
-    difference = stats.compare(a, b, paired=True, kind="difference")
-    assert difference.verdict == "refuted"
-    assert difference.tost_p < ALPHA and "equivalent" in difference.explanation
-    equivalence = stats.compare(a, b, paired=True, kind="equivalence")
-    assert equivalence.verdict == "supported"
-    assert equivalence.p_adjusted == equivalence.tost_p
+    a[:8] = np.nan
+    r = one(a, b, kind="equivalence")
+    assert r.verdict != "supported" and r.evidence.blocked
+    assert "80% vs 0%" in r.explanation and "cannot be called equivalent" in r.explanation
+    difference = one(a, b)
+    assert difference.verdict == "supported" and difference.evidence.zero_test == "worst-rank Wilcoxon"
+    assert difference.explanation.startswith("a trails b")
 
 
-def test_a_big_gap_refutes_equivalence():
-    a, b = paired_arms(2.0, 0.2, 10)
-    r = stats.compare(a, b, paired=True, kind="equivalence", sesoi=0.5)
-    assert r.ci_low > 0.5
-    assert r.verdict == "refuted"
+def test_survivors_do_not_make_a_failing_arm_look_better():
+    a, b = paired_arms(0.0, 0.2, 10, seed=5)
+    a[[1, 4, 6, 8]] = np.nan  # 4 of 10 diverged
+    r = one(a, b, kind="equivalence")
+    assert r.verdict == "inconclusive" and "40% vs 0%" in r.explanation
+    assert r.p_superiority <= 6 / 10  # same-seed wins: a loses every seed it failed
 
 
-def test_tiny_noisy_samples_are_inconclusive_and_say_what_would_settle_them():
-    a, b = rng(1).normal(97, 2, 3), rng(2).normal(97, 2, 3)
+# --- degenerate data -------------------------------------------------------------------------
+
+
+def test_zero_variance_is_degenerate_not_equivalent(strict):
+    stuck = [10.0] * 5
     for kind in ("difference", "equivalence"):
-        r = stats.compare(a, b, paired=False, kind=kind)
-        assert r.verdict == "inconclusive"
-        expected = stats.seeds_needed(r.sd, 0.5, paired=False, kind=kind)
-        assert expected > 3
-        assert f"about {expected} seeds per arm would settle it" in r.explanation
+        r = one(stuck, stuck, kind=kind)
+        assert r.verdict == "degenerate" and "zero variance" in r.explanation
+    unpaired = stats.analyze(frame({"a": stuck, "b": [10.0] * 3}, seeds={"b": range(7, 10)}),
+                             [Comparison("a", "b", "equivalence")], calibration_draws=0).pairs[0]
+    assert unpaired.verdict == "degenerate" and "seeds per arm would" not in unpaired.explanation
 
 
-def frame(rows):
-    return pd.DataFrame(rows, columns=["arm", "seed", "value", "failed"])
-
-
-def arm_rows(arm, values, seeds=None, failed=()):
-    seeds = range(len(values)) if seeds is None else seeds
-    return [(arm, s, np.nan if s in failed else v, s in failed) for s, v in zip(seeds, values)]
-
-
-def test_holm_turns_a_borderline_difference_inconclusive_in_a_family():
-    base = np.array([96.0, 96.5, 97.0, 97.5, 98.0, 96.8])
-    borderline = base + [0.9, 0.3, 1.2, 0.4, 1.1, -0.1]
-    alone = stats.compare(borderline, base, paired=True)
-    assert ALPHA / 3 < alone.p_value < ALPHA and alone.verdict == "supported"
-    noisy = [base + rng(i).normal(0, 1.5, 6) for i in range(2)]
-    final = frame(arm_rows("base", base) + arm_rows("x", borderline)
-                  + arm_rows("y", noisy[0]) + arm_rows("z", noisy[1]))
-    family = [Comparison("x", "base"), Comparison("y", "base"), Comparison("z", "base")]
-    analysis = stats.analyze(final, family)
-    x = analysis.pairs[0]
-    assert x.p_value == pytest.approx(alone.p_value)
-    assert x.p_adjusted == pytest.approx(stats.holm([p.p_value for p in analysis.pairs])[0])
-    assert x.p_adjusted >= ALPHA
-    assert x.verdict == "inconclusive"
-    assert "Holm p" in x.explanation and "seeds per arm would settle it" in x.explanation
-
-
-# --- analyze ---------------------------------------------------------------------------------
-
-
-def test_analyze_pairs_by_shared_seed_and_drops_a_seed_failed_in_either_arm():
-    a = rng(1).normal(97, 0.3, 6)
-    b = a - 0.4 + rng(2).normal(0, 0.1, 6)
-    rows = arm_rows("a", a) + arm_rows("b", b, failed={2})[::-1]  # b listed in reverse seed order
-    rows.append(("c", 15, 50.0, True))  # diverged: a finite value still counts as a failure
-    rows += arm_rows("c", rng(3).normal(96, 0.5, 5), seeds=range(10, 15))
-    analysis = stats.analyze(frame(rows), [Comparison("a", "b"), Comparison("a", "c", kind="equivalence")],
-                             metric="val_accuracy")
-    assert (analysis.metric, analysis.alpha) == ("val_accuracy", ALPHA)
-
-    arms = {s.arm: s for s in analysis.arms}
-    assert [s.arm for s in analysis.arms] == ["a", "b", "c"]
-    assert (arms["b"].n, arms["b"].n_failed, arms["b"].failure_rate) == (5, 1, pytest.approx(1 / 6))
-    assert (arms["c"].n, arms["c"].n_failed) == (5, 1)
-    assert arms["c"].min > 50
-
-    ab, ac = analysis.pairs
-    keep = [0, 1, 3, 4, 5]
-    assert (ab.paired, ab.n_a, ab.n_b) == (True, 5, 5)
-    assert ab.p_value == pytest.approx(st.ttest_rel(a[keep], b[keep]).pvalue)
-    assert (ac.paired, ac.n_a, ac.n_b, ac.kind) == (False, 6, 5, "equivalence")
-    assert ac.p_value == pytest.approx(st.ttest_ind(a, arms_c_values(rows), equal_var=False).pvalue)
-    assert [ab.p_adjusted, ac.p_adjusted] == pytest.approx(stats.holm([ab.p_value, ac.tost_p]))
-    assert set(analysis.aa) == {"a", "b", "c"}
-    assert all(0 <= rate <= 1 for rate in analysis.aa.values())
-
-
-def arms_c_values(rows):
-    return np.array([v for arm, _, v, failed in rows if arm == "c" and not failed])
-
-
-def test_arms_sharing_a_single_finished_seed_are_compared_as_independent():
-    a, b = rng(1).normal(97, 0.3, 5), rng(2).normal(96, 0.3, 5)
-    final = frame(arm_rows("a", a) + arm_rows("b", b, seeds=[4, 5, 6, 7, 8]))
-    r = stats.analyze(final, [Comparison("a", "b")]).pairs[0]
-    assert (r.paired, r.n_a, r.n_b) == (False, 5, 5)
-    assert r.p_value == pytest.approx(st.ttest_ind(a, b, equal_var=False).pvalue)
-
-
-def test_analyze_skips_the_aa_check_for_small_arms_and_survives_a_missing_arm(strict):
-    final = frame(arm_rows("a", [97.0, 97.2, 97.1]) + arm_rows("b", [96.0, 96.4, 96.1, 96.3]))
-    analysis = stats.analyze(final, [Comparison("a", "b"), Comparison("a", "ghost")])
-    assert set(analysis.aa) == {"b"}
-    ghost = analysis.pairs[1]
-    assert (ghost.n_b, ghost.verdict) == (0, "inconclusive")
-
-
-# --- A/A calibration -------------------------------------------------------------------------
-
-
-NORMAL = rng(10).normal(97, 0.3, 40)
-SKEWED = 100 * rng(11).beta(60, 2, 40)  # accuracy-like: bunched near the ceiling, long low tail
-
-
-@pytest.mark.parametrize("values", [NORMAL, SKEWED], ids=["normal", "skewed"])
-@pytest.mark.parametrize("n", [5, 7, 10])
-@pytest.mark.parametrize("paired", [False, True])
-def test_the_difference_test_is_calibrated_on_aa_splits(values, n, paired):
-    rate, low, high = stats.aa_false_positive_rate(values, n, draws=DRAWS, paired=paired, seed=n)
-    assert low <= rate <= high
-    assert rate <= AA_LIMIT
-
-
-def test_aa_with_too_few_values_bootstraps_instead_of_splitting():
-    rate, low, high = stats.aa_false_positive_rate(NORMAL[:12], 8, draws=DRAWS)  # 16 > 12 values
-    assert 0 < rate <= AA_LIMIT and low <= rate <= high
-
-
-def test_the_aa_check_catches_a_miscalibrated_test_and_a_real_difference():
-    def welch(x, y):
-        return st.ttest_ind(x, y, equal_var=False, axis=1).pvalue
-
-    # A test that halves its p-values rejects twice as often as it claims.
-    rate, low, _ = stats._rejection_rate(NORMAL, 8, lambda x, y: welch(x, y) / 2,
-                                          draws=DRAWS, alpha=ALPHA, seed=0)
-    assert low > AA_LIMIT and rate == pytest.approx(2 * ALPHA, abs=0.025)
-    # Two genuinely different distributions (1.5 sd apart) through the same split and test.
-    shift = 1.5 * NORMAL.std()
-    rate, low, _ = stats._rejection_rate(NORMAL, 8, lambda x, y: welch(x + shift, y),
-                                          draws=DRAWS, alpha=ALPHA, seed=0)
-    assert low > 0.5
+def test_one_seed_per_arm_is_degenerate_and_a_missing_arm_too(strict):
+    assert one([97.0], [96.0]).verdict == "degenerate"
+    r = stats.analyze(frame({"a": [97.0, 97.2, 97.1]}), [Comparison("a", "ghost")], calibration_draws=0).pairs[0]
+    assert r.verdict == "degenerate"
 
 
 def test_analyze_refuses_two_rows_for_one_seed():
-    final = frame(arm_rows("a", [97.0, 97.2, 97.1], seeds=[0, 1, 1]) + arm_rows("b", [96.0, 96.4, 96.1]))
+    final = frame({"a": [97.0, 97.2, 97.1], "b": [96.0, 96.4, 96.1]}, seeds={"a": [0, 1, 1]})
     with pytest.raises(ValueError, match="more than one row for a seed"):
         stats.analyze(final, [Comparison("a", "b")])
 
 
-def test_aa_splits_are_disjoint_when_there_are_enough_values():
-    seen = {}
-
-    def probe(x, y):
-        seen["x"], seen["y"] = x, y
-        return np.ones(len(x))
-
-    values = np.arange(20.0)  # distinct, so a repeated value means a reused run
-    stats._rejection_rate(values, 10, probe, draws=50, alpha=ALPHA, seed=0)
-    both = np.concatenate([seen["x"], seen["y"]], axis=1)
-    assert both.shape == (50, 20)
-    assert all(len(set(row)) == 20 for row in both)  # each draw uses every run exactly once
-    stats._rejection_rate(values, 11, probe, draws=50, alpha=ALPHA, seed=0)  # 22 > 20: bootstrap
-    assert any(len(set(row)) < 22 for row in np.concatenate([seen["x"], seen["y"]], axis=1))
+# --- verdicts --------------------------------------------------------------------------------
 
 
-def test_a_supported_difference_smaller_than_the_sesoi_says_so():
-    rng = np.random.default_rng(1)
-    base = rng.normal(90, 0.5, 30)
-    small = stats.compare(base + 0.3 + rng.normal(0, 0.05, 30), base, a_name="A", b_name="B", paired=True, sesoi=0.5)
-    assert small.verdict == "supported" and "less than the ±0.5-point smallest effect of interest" in small.explanation
-    large = stats.compare(base + 2 + rng.normal(0, 0.05, 30), base, a_name="A", b_name="B", paired=True, sesoi=0.5)
-    assert large.verdict == "supported" and "smallest effect of interest" not in large.explanation
+def test_clear_difference_near_identical_and_big_gap():
+    a, b = paired_arms(2.0, 0.2, 10)
+    r = one(a, b)
+    assert r.verdict == "supported" and r.explanation.startswith("a beats b by 2.")
+    assert one(b, a).explanation.startswith("a trails b by 2.")
+    assert one(a, b, kind="equivalence").verdict == "refuted"
+    a, b = paired_arms(0.0, 0.05, 10)
+    assert one(a, b).verdict == "refuted" and "equivalent" in one(a, b).explanation
+    eq = one(a, b, kind="equivalence")
+    assert eq.verdict == "supported" and eq.decision_confidence == pytest.approx(0.90)  # TOST: the 90% CI
 
 
-def test_an_inconclusive_equivalence_names_tost_and_a_hopeless_one_says_so():
-    rng = np.random.default_rng(2)
-    noisy = stats.compare(rng.normal(50, 30, 3), rng.normal(50, 30, 3), a_name="A", b_name="B", paired=True,
-                          kind="equivalence", sesoi=0.5)
-    assert noisy.verdict == "inconclusive" and "TOST, p" in noisy.explanation and "paired t" not in noisy.explanation
-    assert noisy.seeds_needed == stats.SEEDS_CAP and f"more than {stats.SEEDS_CAP} seeds per arm" in noisy.explanation
+def test_refuted_goes_through_the_family_correction():
+    """A TOST p between alpha/3 and alpha refutes a difference alone, not in a family of three."""
+    base = np.array([96.0, 96.5, 97.0, 97.5, 98.0, 96.8])
+    close = base + [0.2, -0.6, 0.5, -0.1, 0.6, -0.2]
+    alone = one(close, base)
+    assert ALPHA / 3 < alone.evidence.p_equivalent < ALPHA and alone.verdict == "refuted"
+    g = rng(7)
+    arms = {"base": list(base), "x": list(close), "y": list(base + g.normal(0, 2, 6)), "z": list(base + g.normal(0, 2, 6))}
+    family = stats.analyze(frame(arms), [Comparison(k, "base") for k in "xyz"], calibration_draws=0)
+    assert family.pairs[0].evidence.p_equivalent == pytest.approx(alone.evidence.p_equivalent)
+    assert family.pairs[0].verdict == "inconclusive"
+    assert family.pairs[0].steps[0].thresholds["equivalent"] == pytest.approx(ALPHA / 3)
+
+
+def test_a_negligible_but_real_difference_is_refuted_not_supported():
+    g = rng(1)
+    base = g.normal(90, 0.5, 30)
+    r = one(base + 0.2 + g.normal(0, 0.05, 30), base)
+    assert r.evidence.p_zero < ALPHA and r.evidence.p_equivalent < ALPHA
+    assert r.verdict == "refuted"
+
+
+def test_inconclusive_says_what_a_new_sweep_would_need_never_fewer_than_ran():
+    a, b = rng(1).normal(97, 1, 5), rng(2).normal(97, 1, 5)
+    r = one(a, b)
+    assert r.verdict == "inconclusive" and r.seeds_needed > 5
+    assert f"a new sweep planned for about {r.seeds_needed} seeds per arm" in r.explanation
+    assert "exploratory" in r.explanation
+
+
+def test_the_plan_stops_early_and_seeds_beyond_it_are_exploratory():
+    a, b = paired_arms(2.0, 0.2, 12)
+    analysis = stats.analyze(frame({"a": list(a), "b": list(b)}), [Comparison("a", "b")],
+                             plan=stats.Plan((4, 8, 12)), calibration_draws=0)
+    p = analysis.pairs[0]
+    assert p.verdict == "supported" and p.seeds < 12 and analysis.closed
+    assert analysis.seeds == p.seeds and analysis.saved == 12 - p.seeds
+    assert [e.exploratory for e in analysis.exploratory] == [True]
+    assert analysis.arms[0].n == p.seeds  # per-arm figures rest on the plan's seeds
+
+
+def test_analysis_with_fewer_seeds_than_the_plan_goes_on():
+    a, b = rng(1).normal(97, 1, 5), rng(2).normal(97, 1, 5)
+    analysis = stats.analyze(frame({"a": list(a), "b": list(b)}), [Comparison("a", "b")], plan=stats.Plan((5, 10, 20)),
+                             calibration_draws=0)
+    assert not analysis.closed and "the plan goes on to 20 seeds" in analysis.pairs[0].explanation
+
+
+# --- sequential boundaries, power, tuning curves -------------------------------------------
+
+
+@pytest.mark.parametrize("spending, expected", [("obrien_fleming", (3.710, 2.511, 1.993)), ("pocock", (2.279, 2.295, 2.296))])
+def test_boundaries_match_published_lan_demets_values(spending, expected):
+    """Three equally spaced looks, one-sided alpha 0.025 (gsDesign sfLDOF / sfLDPocock)."""
+    levels = stats.Plan((1, 2, 3), spending).levels(0.025)
+    assert [st.norm.isf(x) for x in levels] == pytest.approx(expected, abs=2e-3)
+
+
+def test_seeds_needed_against_statsmodels_with_family_and_sd_uncertainty():
+    n = stats.seeds_needed(0.5, 0.5, paired=True, kind="difference")
+    assert n == math.ceil(TTestPower().solve_power(1.0, alpha=ALPHA, power=0.8))
+    assert stats.seeds_needed(0.5, 0.5, paired=True, kind="difference", family=3) > n
+    assert stats.seeds_needed(0.5, 0.5, paired=True, kind="difference", sd_seeds=3) > n
+    assert stats.seeds_needed(0.001, 0.5, paired=True, kind="difference", at_least=11) == 11
+    assert stats.seeds_needed(float("nan"), 0.5, paired=True, kind="difference") == stats.SEEDS_CAP
+
+
+def test_expected_best_is_the_expected_maximum_of_k_draws_by_enumeration():
+    scores = [0.2, 0.9, 0.5, 0.7]
+    mean, sd = stats.expected_best(scores)
+    for k in (1, 2, 3):
+        maxima = [max(t) for t in itertools.product(scores, repeat=k)]
+        assert mean[k - 1] == pytest.approx(np.mean(maxima)) and sd[k - 1] == pytest.approx(np.std(maxima))
+    assert np.all(np.diff(mean) > 0)
+    low, _ = stats.expected_best(scores, maximize=False)
+    assert low[0] == pytest.approx(np.mean(scores)) and low[-1] < low[0]
