@@ -31,7 +31,7 @@ def get_sweep(dry_run: bool = False) -> Sweep:
         # The question is the moving averages themselves: evaluate with them, as Keras does.
         fixed={"optimizer": "adam", "bn_placement": "before", "batch_size": 64, "bn_statistics": "moving",
                "lr_schedule": "cosine", "warmup_epochs": 1},
-        budget=Budget(trials_per_arm=12, max_epochs=15, grace_epochs=3, reduction_factor=3, seeds=10),
+        budget=Budget(trials_per_arm=12, max_epochs=15, grace_epochs=3, reduction_factor=3, seeds=10, looks=(5, 10)),
         resources=Resources(cpu=2, gpu=0.25),
         comparisons=[
             Comparison(arm(0.9, 1e-3), arm(0.99, 1e-3)),

@@ -33,7 +33,7 @@ def get_sweep(dry_run: bool = False) -> Sweep:
             "bn_epsilon": LogUniform(1e-5, 1e-2),
         },
         fixed={"optimizer": "sgd", "sgd_momentum": 0.9, "weight_decay": 4e-5, "lr_schedule": "cosine", "warmup_epochs": 2},
-        budget=Budget(trials_per_arm=32, max_epochs=30, grace_epochs=3, reduction_factor=3, seeds=10),
+        budget=Budget(trials_per_arm=32, max_epochs=30, grace_epochs=3, reduction_factor=3, seeds=10, looks=(5, 10)),
         resources=Resources(cpu=4, gpu=0.25),
         comparisons=[Comparison("before", "after", kind="equivalence", sesoi=0.5)],
     )

@@ -6,7 +6,7 @@ import numpy as np
 from bnsearch import report, results
 
 SPEC = {"name": "demo", "question": "BN vs none", "model": "mlp", "dataset": "digits", "arms": ["none", "before"],
-        "metric": "val_accuracy", "budget": {"sampler": "tpe"}, "nuisance": {"learning_rate": {}},
+        "metric": "val_accuracy", "budget": {"sampler": "tpe", "seeds": 8, "looks": [4, 8]}, "nuisance": {"learning_rate": {}},
         "comparisons": [{"a": "before", "b": "none", "kind": "difference", "sesoi": 0.5}]}
 
 
@@ -40,19 +40,22 @@ def test_a_clear_difference_is_reported_as_supported_with_every_section(tmp_path
     built = report.build(table(stale_seed=3), SPEC, tmp_path)
     md, page = built.markdown.read_text(), built.html.read_text()
     [pair] = built.analysis.pairs
-    assert pair.paired and pair.verdict == "supported" and 1.5 < pair.difference < 2.5
+    assert pair.evidence.paired and pair.verdict == "supported" and 1.5 < pair.difference < 2.5
+    assert pair.seeds == 4 and built.analysis.saved == 4 and [e.seeds for e in built.analysis.exploratory] == [8]
     assert "**before vs none** (difference, smallest effect of interest ±0.5 points): **supported**" in md
-    for heading in ("## Verdicts", "## Per arm", "## Comparisons", "## Power", "## Learning curves", "## BN diagnostics",
-                    "## Search phase", "### Hyperparameter importance", "## Reproduce"):
+    for heading in ("## Verdicts", "### Exploratory: every seed, outside the plan", "## Sequential plan", "**A/A check of this rule:**",
+                    "## Per arm", "## Comparisons", "## Power", "## Learning curves", "## BN diagnostics", "## Search phase",
+                    "### Hyperparameter importance", "### Tuning-budget curves", "## Reproduce"):
         assert heading in md
     assert "**Warning:** 1 trial(s) never updated their BN moving statistics: replicate/before/seed 3" in md
     assert "seeds 0..7 (8)" in md
     plots = sorted(p.name for p in (tmp_path / "plots").glob("*.png"))
-    assert plots == ["differences.png", "learning_curves.png", "search.png", "seeds.png"]
+    assert plots == ["differences.png", "learning_curves.png", "search.png", "seeds.png", "tuning_budget.png"]
     assert all(f"plots/{p}" in md for p in plots)
-    assert page.count("data:image/png;base64,") == 4  # self-contained inside MLflow's artifact viewer
+    assert page.count("data:image/png;base64,") == 5  # self-contained inside MLflow's artifact viewer
+    assert "saved 4 per arm" in md and "Only seed-to-seed variance enters the intervals" in md
     assert "<b>supported</b>" in page and "<table" in page
-    assert "before vs none (difference): SUPPORTED" in built.summary and "before: 96.9" in built.summary
+    assert "before vs none (difference): SUPPORTED" in built.summary and "before: 97.0" in built.summary and "EXPLORATORY" in built.summary
 
 
 def test_without_replicate_results_the_report_says_what_to_run(tmp_path):
@@ -68,3 +71,17 @@ def test_a_large_bn_mode_gap_is_a_warning_in_the_report_and_the_summary(tmp_path
     built = report.build(results.from_records(records), SPEC, tmp_path)
     assert "**Warning:** in arm before, validation accuracy is 40.0 points higher with batch statistics" in built.markdown.read_text()
     assert "Warning: in arm before" in built.summary and "arm none" not in built.summary
+
+
+def test_per_example_results_put_the_test_set_into_the_verdict_beside_the_seed_only_interval(tmp_path):
+    rng = np.random.default_rng(1)
+    data = table()
+    last = results.last_epochs(data, "replicate")
+    correct = {(r.arm, int(r.seed)): rng.random(300) < r.test_accuracy for r in last.itertuples()}
+    built = report.build(data, {**SPEC, "budget": {"sampler": "tpe", "seeds": 8}}, tmp_path, correct=correct)
+    [pair] = built.analysis.pairs
+    assert pair.evidence.with_test_set and pair.evidence.se > pair.evidence.seed_se
+    assert pair.test_ci[0] < pair.seed_ci[0] and pair.test_ci[1] > pair.seed_ci[1]
+    md = built.markdown.read_text()
+    assert "95% CI (seeds + test set)" in md and "include the fixed test set's sampling error" in md
+    assert "with the test set's error" in built.summary

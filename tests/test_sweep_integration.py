@@ -124,7 +124,8 @@ def test_the_report_and_results_table_are_logged_and_load_in_one_call(finished, 
     logged = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"report.md", "report.html", "results.parquet", "plots"} <= logged
     plots = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
-    assert plots == {"plots/seeds.png", "plots/differences.png", "plots/learning_curves.png", "plots/search.png"}
+    assert plots == {"plots/seeds.png", "plots/differences.png", "plots/learning_curves.png", "plots/search.png",
+                     "plots/tuning_budget.png"}
     table = bnsearch.load_results("tiny_mlp", tracking_uri=f"sqlite:///{storage}/mlflow.db")
     epochs = sum(len(client.get_metric_history(r.info.run_id, "epoch")) for r in search_runs + replicate_runs(client, parent))
     assert len(table) == epochs and set(table["phase"]) == {"search", "replicate"}
@@ -145,22 +146,43 @@ def test_report_command_rebuilds_the_report_from_mlflow_alone(finished, capsys):
     assert cli.main(["report", "no-such-experiment", "--storage", str(storage)]) == 2
 
 
+def test_the_replicate_phase_follows_its_sequential_plan(finished, tmp_path):
+    """Looks at 2 and 3 seeds (tiny_mlp's plan): one Tune run per look it reached, the plan recorded
+    on the parent, and the report's verdict resting on the seeds the plan used."""
+    _, client, parents, _, storage = finished
+    parent = parents[0]
+    assert parent.data.tags["replicate_plan"] == "2,3:obrien_fleming"
+    report = Path(client.download_artifacts(parent.info.run_id, "report.md", str(tmp_path))).read_text()
+    assert "## Sequential plan" in report and "Looks at 2, 3 seeds per arm" in report
+    seeds = {int(r.data.tags["seed"]) for r in replicate_runs(client, parent)}
+    tune_runs = sorted(p.name.rsplit("-", 1)[1] for p in storage.glob("tiny_mlp-*-replicate-seeds*"))
+    if "stopped at 2 seeds per arm" in report:  # every comparison decided (or futile) at the first look
+        assert seeds == {0, 1} and tune_runs == ["seeds2"]
+    else:
+        assert seeds == {0, 1, 2} and tune_runs == ["seeds2", "seeds3"]
+
+
 def test_replicating_again_repeats_nothing_and_more_seeds_add_only_the_new_ones(finished, capsys):
     code, client, parents, _, storage = finished
     sweep = str(Path(__file__).parent / "sweeps" / "tiny_mlp.py")
+    before = len(replicate_runs(client, parents[0]))
     assert cli.main(["run", sweep, "--storage", str(storage), "--phase", "replicate"]) == 0
-    assert "0 runs to go, 6 already finished" in capsys.readouterr().out
-    assert len(replicate_runs(client, parents[0])) == 6
+    assert f"0 runs to go, {before} already finished" in capsys.readouterr().out
+    assert len(replicate_runs(client, parents[0])) == before
     try:
         assert cli.main(["run", sweep, "--storage", str(storage), "--phase", "replicate", "--seeds", "4"]) == 0
     finally:
         import ray
 
         ray.shutdown()
+    assert "beyond the plan's 3 (exploratory)" in capsys.readouterr().out
     runs = replicate_runs(client, parents[0])
     assert sorted((r.data.tags["arm"], int(r.data.tags["seed"])) for r in runs) == [
         (arm, seed) for arm in ("before", "none") for seed in range(4)]
     assert len({r.data.tags["trial_key"] for r in runs}) == 8
+    assert cli.main(["report", "tiny_mlp", "--storage", str(storage)]) == 0
+    out = capsys.readouterr().out
+    assert "before vs none (difference), EXPLORATORY" in out and "4 seeds per arm" in out  # the added seeds decide nothing
 
 
 def test_every_arm_learns_and_verdicts_use_accuracy_the_network_really_has(finished):

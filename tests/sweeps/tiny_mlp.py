@@ -19,7 +19,7 @@ def get_sweep(dry_run: bool = False) -> Sweep:
         nuisance={"learning_rate": Choice((1e-4, 0.1, 1e30)), "batch_size": Choice((32, 128))},
         fixed={"optimizer": "sgd"},
         budget=Budget(trials_per_arm=6, max_epochs=3, grace_epochs=1, reduction_factor=2, sampler="grid",
-                      max_concurrent_trials=2, seeds=3),
+                      max_concurrent_trials=2, seeds=3, looks=(2, 3)),
         resources=Resources(cpu=1),
         comparisons=[Comparison("before", "none")],
     )
