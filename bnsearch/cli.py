@@ -151,7 +151,9 @@ def _run(args: argparse.Namespace) -> int:
         artifacts={"spec.json": spec_record, "versions.json": versions()},
     )
     print(f"bnsearch: sweep {sweep_id}, phases {', '.join(chosen)}: {len(sweep.arms())} arms x "
-          f"{sweep.budget.trials_per_arm} search trials, {sweep.budget.seeds} replicate seeds, "
+          f"{sweep.budget.trials_per_arm} search trials, "
+          + (f"up to {sweep.budget.seeds} replicate seeds (looks at {', '.join(map(str, sweep.budget.looks))}), "
+             if sweep.budget.looks else f"{sweep.budget.seeds} replicate seeds, ") +
           f"up to {sweep.budget.max_epochs} epochs each; tracking {tracking_uri}", flush=True)
     ok = False
     try:

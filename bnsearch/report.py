@@ -152,7 +152,8 @@ def _plan(analysis: stats.Analysis) -> list:
     words = {"obrien_fleming": "O'Brien–Fleming", "pocock": "Pocock"}[plan.spending]
     text = (f"Looks at {', '.join(map(str, plan.looks))} seeds per arm; Lan–DeMets {words}-type α spending, boundaries "
             "from the joint normal law of the looks (scipy). A comparison closes at the first look where a claim is decided, "
-            "or where the rest of the plan has under a 10% chance to decide it (futility, non-binding); the sweep stops "
+            "or, from half the plan's seeds on, where the rest of the plan has under a 10% chance to decide it (futility, "
+            "non-binding); the sweep stops "
             "when every comparison is closed.") if len(plan.looks) > 1 else (
             f"One look, at {plan.looks[0]} seeds per arm (a fixed design). A budget with `looks` makes it group-sequential.")
     if analysis.saved:
