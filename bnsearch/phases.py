@@ -58,7 +58,8 @@ def run(sweep: Sweep, phases: Sequence[str], *, tracker: tracking.SweepTracker, 
         plan = planned(tracker, spec_record)
         own = report.plan_of(spec_record)  # this run's budget: the recorded plan, or seeds added to it
         beyond = own.looks[-1] > plan.looks[-1]  # seeds asked for beyond the plan: all run, reported as exploratory
-        looks = [own.looks[-1]] if beyond else [n for n in plan.looks if n <= own.looks[-1]]
+        looks = [own.looks[-1]] if beyond else [n for n in plan.looks if n < own.looks[-1]] + [own.looks[-1]]
+        correct: dict[tuple[str, int], Any] = {}  # per-example results, fetched once per run
         for look in looks:
             done = results.finished_replicates(table)  # a second run adds seeds, never repeats one
             todo = [c for c in replicate_configs(best, look) if (c["arm"], c["seed"]) not in done]
@@ -75,7 +76,8 @@ def run(sweep: Sweep, phases: Sequence[str], *, tracker: tracking.SweepTracker, 
                 ok &= outcome.ok
                 table = results.from_records(tracker.trial_records())
             if not beyond and look < plan.looks[-1]:
-                analysis = report.analysis_of(table, spec_record, per_example(tracker, table, spec_record), plan)
+                correct = per_example(tracker, table, spec_record, correct)
+                analysis = report.analysis_of(table, spec_record, correct, plan, calibration_draws=0)
                 if analysis.closed:
                     echo(f"bnsearch: every comparison is decided at {analysis.seeds} seeds per arm: the plan stops "
                          f"there, {analysis.saved} seeds per arm saved")
@@ -99,13 +101,17 @@ def planned(tracker: tracking.SweepTracker, spec_record: dict[str, Any]) -> stat
     return plan
 
 
-def per_example(tracker: tracking.SweepTracker, table, spec_record: dict[str, Any]) -> dict[tuple[str, int], Any]:
-    """Each finished replicate run's per-example test results, when the report metric is test accuracy."""
+def per_example(tracker: tracking.SweepTracker, table, spec_record: dict[str, Any],
+                known: dict[tuple[str, int], Any] | None = None) -> dict[tuple[str, int], Any]:
+    """Each finished replicate run's per-example test results, when the report metric is test
+    accuracy; runs already in ``known`` are not fetched again."""
     if spec_record.get("report_metric", "test_accuracy") != "test_accuracy":
         return {}
     last = results.last_epochs(table, "replicate")
-    out = {}
+    out = dict(known or {})
     for row in last[~last["status"].isin(FAILURES)].itertuples():
+        if (row.arm, int(row.seed)) in out:
+            continue
         data = tracker.run_file(row.run_id, results.TEST_CORRECT_FILE)
         if data is not None:
             out[(row.arm, int(row.seed))] = results.unpack_correct(data)

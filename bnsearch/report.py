@@ -40,12 +40,12 @@ def plan_of(spec: dict[str, Any]) -> stats.Plan:
 
 
 def analysis_of(table: pd.DataFrame, spec: dict[str, Any], correct: dict | None = None,
-                plan: stats.Plan | None = None) -> stats.Analysis:
+                plan: stats.Plan | None = None, calibration_draws: int = stats.CALIBRATION_DRAWS) -> stats.Analysis:
     """The verdicts: the replicate phase's final values through the sweep's plan and family."""
     metric = spec.get("report_metric", "test_accuracy")
     final = results.final_values(table, metric, "replicate")
     return stats.analyze(final, [Comparison(**c) for c in spec["comparisons"]], plan=plan or plan_of(spec),
-                         metric=metric, correct=correct or None)
+                         metric=metric, correct=correct or None, calibration_draws=calibration_draws)
 
 
 def build(table: pd.DataFrame, spec: dict[str, Any], out: str | Path, *, correct: dict | None = None,
@@ -114,14 +114,16 @@ def _seed_text(replicate: pd.DataFrame) -> str:
 def _verdicts(analysis: stats.Analysis, replicate: pd.DataFrame) -> list:
     items = [f"**{p.label}** ({p.kind}, smallest effect of interest ±{p.sesoi:g} points): **{p.verdict}**. {p.explanation}"
              for p in analysis.pairs]
-    m = len(analysis.pairs)
+    m = max(len(analysis.pairs), 1)
     test_set = any(p.evidence.with_test_set for p in analysis.pairs)
     blocks = [("h2", "Verdicts"), ("ul", items),
               ("p", f"Metric: final `{analysis.metric}` at the full epoch budget, in accuracy points, over {analysis.seeds} seeds "
-                    f"per arm. Family: {m} comparison(s), each claim tested at α/{m} = {analysis.alpha / m:.3g} (Holm over every "
-                    "claim, \"refuted\" included: a comparison's two claims exclude each other, so the divisor stays at the "
-                    "number of comparisons), spent over the looks of the sequential plan below. Failed runs (diverged, collapsed, "
-                    "crashed) count: as the worst outcome in the rank test that decides a difference when there are any, and an "
+                    f"per arm. Family: {m} comparison(s), every claim, \"refuted\" included, tested at α/{m} = {analysis.alpha / m:.3g} "
+                    "(Holm over all claims, whose step-down never applies here: a comparison's two claims cannot both have "
+                    "true nulls, and a decided comparison's other claim stays untested, so it is Bonferroni), spent over the "
+                    "looks of the sequential plan below. Failed runs (diverged, collapsed, crashed) count: as the worst "
+                    "outcome in the rank test that decides a two-arm difference when there are any (interactions use the "
+                    "seeds where all their arms finished), and an "
                     f"arm whose failure rate differs by more than {stats.FAILURE_TOLERANCE:.0%} can never be equivalent. "
                     + ("The intervals and tests include the fixed test set's sampling error (seeds × test examples); the "
                        "seed-only intervals stand beside them in the comparisons table. " if test_set else
@@ -137,7 +139,7 @@ def _verdicts(analysis: stats.Analysis, replicate: pd.DataFrame) -> list:
 
 
 def _plan(analysis: stats.Analysis) -> list:
-    plan, m = analysis.plan, len(analysis.pairs)
+    plan, m = analysis.plan, max(len(analysis.pairs), 1)
     two_sided, one_sided = plan.levels(analysis.alpha / m / 2), plan.levels(analysis.alpha / m)
     rows = []
     for k, n in enumerate(plan.looks):
@@ -163,7 +165,8 @@ def _plan(analysis: stats.Analysis) -> list:
         c = analysis.calibration
         blocks.append(("p", f"**A/A check of this rule:** {c.draws} sweeps simulated from this sweep's own seeds, each seed's "
                             "results shuffled across the arms (nothing differs, the seed-to-seed spread and pairing stay), run "
-                            f"through the same plan, family and tests: {c.false_claims:.1%} made a false claim of a difference "
+                            "through the same plan, family and tests on the seed-level values (without the test set's share "
+                            f"of the error, the stricter case): {c.false_claims:.1%} made a false claim of a difference "
                             f"(95% CI {c.low:.1%} to {c.high:.1%}); a calibrated rule stays at or below α = {analysis.alpha}."))
     return blocks
 

@@ -208,11 +208,13 @@ class Comparison:
         return {arm: w for arm, w in weights.items() if w}
 
     @property
-    def label(self) -> str:
-        def name(side):
-            return side if isinstance(side, str) else f"({side[0]} − {side[1]})"
+    def sides(self) -> tuple[str, str]:
+        """The two sides' names: an arm, or ``(x − y)`` for a difference of arms."""
+        return tuple(side if isinstance(side, str) else f"({side[0]} − {side[1]})" for side in (self.a, self.b))
 
-        return f"{name(self.a)} vs {name(self.b)}"
+    @property
+    def label(self) -> str:
+        return " vs ".join(self.sides)
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,9 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 from bnsearch.spec import COMPLETED
 
+# The report fetches a file per replicate run: one tqdm bar each would bury what the driver prints.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
 PARENT_RUN_NAME = "sweep"
 PENDING_FILE = "pending_metrics.json"
 MAX_METRICS_PER_BATCH = 1000  # MLflow's limit per log_batch request

@@ -41,7 +41,7 @@ def test_a_clear_difference_is_reported_as_supported_with_every_section(tmp_path
     md, page = built.markdown.read_text(), built.html.read_text()
     [pair] = built.analysis.pairs
     assert pair.evidence.paired and pair.verdict == "supported" and 1.5 < pair.difference < 2.5
-    assert pair.seeds == 4 and built.analysis.saved == 4 and [e.seeds for e in built.analysis.exploratory] == [8]
+    assert pair.seeds == 4 and built.analysis.saved == 0 and [e.seeds for e in built.analysis.exploratory] == [8]
     assert "**before vs none** (difference, smallest effect of interest ±0.5 points): **supported**" in md
     for heading in ("## Verdicts", "### Exploratory: every seed, outside the plan", "## Sequential plan", "**A/A check of this rule:**",
                     "## Per arm", "## Comparisons", "## Power", "## Learning curves", "## BN diagnostics", "## Search phase",
@@ -53,7 +53,7 @@ def test_a_clear_difference_is_reported_as_supported_with_every_section(tmp_path
     assert plots == ["differences.png", "learning_curves.png", "search.png", "seeds.png", "tuning_budget.png"]
     assert all(f"plots/{p}" in md for p in plots)
     assert page.count("data:image/png;base64,") == 5  # self-contained inside MLflow's artifact viewer
-    assert "saved 4 per arm" in md and "Only seed-to-seed variance enters the intervals" in md
+    assert "8 seeds per arm ran, 4 of them within the sequential plan" in md and "Only seed-to-seed variance enters the intervals" in md
     assert "<b>supported</b>" in page and "<table" in page
     assert "before vs none (difference): SUPPORTED" in built.summary and "before: 97.0" in built.summary and "EXPLORATORY" in built.summary
 

@@ -223,9 +223,12 @@ def test_the_plan_stops_early_and_seeds_beyond_it_are_exploratory():
                              plan=stats.Plan((4, 8, 12)), calibration_draws=0)
     p = analysis.pairs[0]
     assert p.verdict == "supported" and p.seeds < 12 and analysis.closed
-    assert analysis.seeds == p.seeds and analysis.saved == 12 - p.seeds
+    assert analysis.seeds == p.seeds and analysis.saved == 0  # all 12 ran: the rest is exploratory
     assert [e.exploratory for e in analysis.exploratory] == [True]
     assert analysis.arms[0].n == p.seeds  # per-arm figures rest on the plan's seeds
+    live = stats.analyze(frame({"a": list(a[:p.seeds]), "b": list(b[:p.seeds])}), [Comparison("a", "b")],
+                         plan=stats.Plan((4, 8, 12)), calibration_draws=0)
+    assert live.closed and live.saved == 12 - p.seeds and not live.exploratory  # as the replicate phase sees it
 
 
 def test_analysis_with_fewer_seeds_than_the_plan_goes_on():

@@ -30,7 +30,7 @@ from scipy import special, stats
 from bnsearch.stats.summaries import NAN, example_variance, quiet, satterthwaite
 
 FAILURE_TOLERANCE = 0.1  # failure rates further apart than this rule out "equivalent"
-_WORST = -1e9  # a failed run's value in rank tests: below every accuracy
+WORST = -1e9  # a failed run's value in rank tests: below every accuracy
 
 
 @dataclass(frozen=True)
@@ -128,7 +128,7 @@ def contrast_evidence(values: np.ndarray, weights: np.ndarray, sesoi: float, ran
 def _worst_rank(values: np.ndarray, ran: np.ndarray) -> tuple[str, float]:
     """The two-sided rank test of one arm against the other on every seed that ran, a failure
     below every value (two-sided, so the contrast's orientation does not matter)."""
-    v = np.where(np.isfinite(values), values, _WORST)
+    v = np.where(np.isfinite(values), values, WORST)
     both = ran.all(axis=1)
     with quiet():
         if both.sum() >= 2:  # the seeds both arms ran: paired

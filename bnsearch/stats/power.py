@@ -32,7 +32,8 @@ def sd_upper_bound(sd: float, n: int, confidence: float = SD_CONFIDENCE) -> floa
     return float(sd * math.sqrt((n - 1) / stats.chi2.ppf(1 - confidence, n - 1)))
 
 
-def seeds_needed(sd, sesoi, *, paired, kind, alpha=ALPHA, power=POWER, family=1, sd_seeds=None, at_least=0) -> int:
+def seeds_needed(sd, sesoi, *, paired, kind, alpha=ALPHA, power=POWER, family=1, sd_seeds=None, at_least=0,
+                 test_set_se=0.0) -> int:
     """Seeds per arm for ``power`` to detect ``sesoi`` (difference) or show equivalence.
 
     ``sd`` is of the differences when paired, pooled otherwise. The test runs at ``alpha /
@@ -41,6 +42,8 @@ def seeds_needed(sd, sesoi, *, paired, kind, alpha=ALPHA, power=POWER, family=1,
     built on a lucky small sd. Equivalence uses the usual TOST approximation: with a true
     difference of 0 both one-sided tests must pass, so each gets alpha one-sided and power
     ``1 - (1 - power) / 2``. Never below ``at_least`` (the seeds already run, plus one).
+    ``test_set_se`` is the part of the standard error that the fixed test set contributes, which
+    more seeds do not shrink: when it alone leaves the SESOI out of reach, the answer is SEEDS_CAP.
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
@@ -56,8 +59,13 @@ def seeds_needed(sd, sesoi, *, paired, kind, alpha=ALPHA, power=POWER, family=1,
         alternative, target = "larger", 1 - (1 - power) / 2
 
     def enough(n):
+        if test_set_se > 0:  # normal approximation with the test set's share of the error added
+            z = stats.norm.isf(alpha / 2 if alternative == "two-sided" else alpha) + stats.norm.ppf(target)
+            return sesoi / math.sqrt(sd * sd / n + test_set_se**2) >= z
         return _power(sesoi / sd, n, paired=paired, alpha=alpha, alternative=alternative) >= target
 
+    if test_set_se > 0 and not enough(SEEDS_CAP):
+        return SEEDS_CAP
     hi = 2  # power rises with n: double until enough, then bisect down to the smallest n
     while not enough(hi):
         if hi >= SEEDS_CAP:

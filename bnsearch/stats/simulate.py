@@ -3,7 +3,7 @@
 Each simulated sweep has a base arm and one arm per effect; every arm shares a seed effect (as
 seeds do when they fix data order and initialisation), so the per-seed differences to the base
 are normal with sd ``sd`` around the arm's effect. The comparisons (each arm against the base)
-go through :func:`bnsearch.stats.verdicts.judge` with the plan, family and tests the report uses.
+go through :func:`bnsearch.stats.verdicts.decide` with the plan, family and tests the report uses.
 """
 
 from __future__ import annotations
@@ -12,25 +12,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from bnsearch.spec import Comparison
 from bnsearch.stats.summaries import ALPHA
 from bnsearch.stats.sequential import Plan
-from bnsearch.stats.verdicts import CLAIMS, Data, judge
-
-
-@dataclass(frozen=True)
-class Comparison:  # the duck type judge() reads, without importing the spec
-    a: str
-    b: str
-    kind: str = "difference"
-    sesoi: float = 0.5
-
-    @property
-    def terms(self) -> dict[str, int]:
-        return {self.a: 1, self.b: -1}
-
-    @property
-    def label(self) -> str:
-        return f"{self.a} vs {self.b}"
+from bnsearch.stats.verdicts import CLAIMS, Data, decide
 
 
 @dataclass(frozen=True)
@@ -55,7 +40,7 @@ def simulate(effects, sd: float, plan: Plan, *, kind="difference", sesoi=0.5, al
     for i in range(draws):
         values = 97 + rng.normal(0, 0.5, (n, 1)) + shift + rng.normal(0, sd / np.sqrt(2), (n, len(arms)))
         data = Data(np.arange(n), arms, values, np.ones(values.shape, dtype=bool))
-        steps = [judge(c, data, plan, alpha, len(comparisons), describe=False) for c in comparisons]
+        steps = [decide(c, data, plan, alpha, len(comparisons)) for c in comparisons]
         verdicts = [CLAIMS[kind].get(s[-1].decided, "") for s in steps]
         supported[i], refuted[i] = [v == "supported" for v in verdicts], [v == "refuted" for v in verdicts]
         closed = all(s[-1].decided or s[-1].futile for s in steps)

@@ -1,15 +1,17 @@
 """Verdicts: every declared comparison judged through the sequential plan, the family's error held.
 
-A comparison can make two claims, which exclude each other: a difference is *supported* (the
-arms differ) or *refuted* (they are equal within the SESOI); an equivalence is *supported*
-(equal within the SESOI) or *refuted* (apart by more than it). So at most one of a comparison's
-null hypotheses is true. Holm's step-down over every claim of the family, with that logical
-restriction (Shaffer 1986), divides alpha by the number of comparisons that still have an
-untested claim, and a decided comparison's other claim stays untested: every claim is tested at
-alpha / m for m comparisons, the family-wise error held at alpha. Each claim spends its level
-over the plan's looks (:mod:`bnsearch.stats.sequential`); a comparison closes at the first look
-where a claim is decided, or where even the whole plan is unlikely to decide it (futility).
-Data where no test applies (zero variance, too few seeds) is *degenerate*: no verdict.
+A comparison can make two claims whose null hypotheses cannot both be true: a difference is
+*supported* (H0: the arms are equal) or *refuted* (H0: they differ by at least the SESOI); an
+equivalence is *supported* (H0: they differ by at least the SESOI) or *refuted* (H0: they
+differ by less). Holm's step-down over every claim of the family with that logical restriction
+(Shaffer 1986) divides alpha by the number of comparisons that may still hold a true null, and a
+decided comparison's other claim stays untested, so it never steps down: it is Bonferroni, each
+claim at alpha / m for m comparisons, and the family-wise error stays at alpha whichever nulls
+are true. Each claim spends its level over the plan's looks (:mod:`bnsearch.stats.sequential`);
+a comparison closes at the first look where a claim is decided (when both of a difference's
+claims are, the smaller-than-SESOI one wins: refuted), or where even the rest of the plan is
+unlikely to decide it (futility). Data where no test applies (zero variance, too few seeds) is
+*degenerate*: no verdict.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import pandas as pd
 from scipy import stats
 from statsmodels.stats.proportion import proportion_confint
 
-from bnsearch.stats.evidence import Evidence, contrast_evidence, signed_rank_p
+from bnsearch.stats.evidence import WORST, Evidence, contrast_evidence, signed_rank_p
 from bnsearch.stats.power import SEEDS_CAP, minimum_detectable_effect, seeds_needed
 from bnsearch.stats.sequential import Plan, conditional_power
 from bnsearch.stats.summaries import ALPHA, NAN, ArmSummary, quiet, summarize, t_interval
@@ -70,6 +72,11 @@ class Data:
     def head(self, n: int) -> Data:
         """The first ``n`` seeds: what the plan's look at ``n`` seeds saw."""
         return Data(self.seeds[:n], self.arms, self.values[:n], self.ran[:n], {a: c[:n] for a, c in self.correct.items()})
+
+    def seeds_per_arm(self, comparison) -> int:
+        """The most runs any arm of the comparison has among these seeds."""
+        columns = [self.arms.index(a) for a in comparison.terms if a in self.arms]
+        return int(self.ran[:, columns].sum(axis=0).max()) if columns and len(self.seeds) else 0
 
     def evidence(self, comparison, *, test_set=True) -> Evidence:
         terms = comparison.terms
@@ -170,8 +177,8 @@ class Analysis:
 
     @property
     def saved(self) -> int:
-        """Seeds per arm the plan did not need."""
-        return self.plan.looks[-1] - self.seeds if self.closed else 0
+        """Seeds per arm the plan did not need (and that did not run)."""
+        return max(self.plan.looks[-1] - self.seeds_run, 0) if self.closed else 0
 
 
 def analyze(final: pd.DataFrame, comparisons, *, plan: Plan | None = None, metric="test_accuracy", alpha=ALPHA,
@@ -186,10 +193,10 @@ def analyze(final: pd.DataFrame, comparisons, *, plan: Plan | None = None, metri
     run = len(data.seeds)
     plan = plan or Plan((max(run, 1),))
     pairs = [judge(c, data, plan, alpha, len(comparisons)) for c in comparisons]
-    closed_at = max((p.seeds for p in pairs), default=0)
-    used = closed_at if all(p.closed for p in pairs) else min(run, plan.looks[-1])
+    used = max((p.seeds for p in pairs), default=min(run, plan.looks[-1]))  # the seeds the verdicts rest on
+    closed = all(p.closed for p in pairs)
     exploratory = []
-    if run > used:  # seeds beyond where the plan ended: looked at, but never a confirmatory verdict
+    if run > used and (closed or run > plan.looks[-1]):  # seeds beyond where the plan ended: never confirmatory
         exploratory = [judge(c, data, Plan((run,)), alpha, len(comparisons), exploratory=True) for c in comparisons]
     confirmed = data.head(used)
     arms = [summarize(confirmed.values[confirmed.ran[:, j], j], arm=arm, failed=int((confirmed.ran[:, j] & ~np.isfinite(confirmed.values[:, j])).sum()),
@@ -203,30 +210,32 @@ def _finished_rows(data: Data, j: int):
     return None if c is None else c[np.isfinite(data.values[:, j]) & data.ran[:, j]]
 
 
-def judge(comparison, data: Data, plan: Plan, alpha: float, family: int, *, exploratory=False, describe=True) -> PairResult | list[Step]:
-    """One comparison through the plan's looks, at level alpha / family per claim."""
-    steps = _steps(comparison, data, plan, alpha / family)
-    if not describe:
-        return steps
-    return _result(comparison, data.head(steps[-1].seeds), steps, plan, alpha, family, exploratory)
+def judge(comparison, data: Data, plan: Plan, alpha: float, family: int, *, exploratory=False) -> PairResult:
+    """One comparison's verdict through the plan's looks, with everything that describes it."""
+    steps = decide(comparison, data, plan, alpha, family)
+    return _result(comparison, data.head(plan.looks[len(steps) - 1]), steps, plan, alpha, family, exploratory)
 
 
-def _steps(comparison, data: Data, plan: Plan, level: float) -> list[Step]:
+def decide(comparison, data: Data, plan: Plan, alpha: float, family: int) -> list[Step]:
+    """The looks one comparison takes part in, each claim at level alpha / family; the last step
+    is where it was decided, stopped for futility, or ran out of seeds or plan."""
+    level = alpha / family
     two_sided, one_sided = plan.levels(level / 2), plan.levels(level)
     claims = CLAIMS[comparison.kind]
     steps = []
     for k, n in enumerate(plan.looks):
         if n > len(data.seeds) and steps:
             break
-        ev = data.head(n).evidence(comparison)
+        seen = data.head(n)
+        ev = seen.evidence(comparison)
         thresholds = {"zero": 2 * two_sided[k], "apart": 2 * two_sided[k], "equivalent": one_sided[k]}
         p = {"zero": ev.p_zero, "equivalent": ev.p_equivalent, "apart": ev.p_apart}
         rejected = [c for c in claims if p[c] < thresholds[c]]
         decided = "equivalent" if "equivalent" in rejected else (rejected[0] if rejected else "")
-        last = k == len(plan.looks) - 1 or n >= len(data.seeds)
+        last = k == len(plan.looks) - 1
         t = n / plan.looks[-1]
         futile = not decided and not last and t >= FUTILITY_FROM and _futile(ev, comparison, t, two_sided[-1], one_sided[-1])
-        steps.append(Step(min(n, len(data.seeds)), ev, thresholds, decided, futile))
+        steps.append(Step(seen.seeds_per_arm(comparison), ev, thresholds, decided, futile))
         if decided or futile or n >= len(data.seeds):
             break
     return steps
@@ -245,13 +254,6 @@ def _futile(ev: Evidence, comparison, t: float, two_sided: float, one_sided: flo
     return all(power[c] < FUTILITY for c in CLAIMS[comparison.kind])
 
 
-def _sides(comparison) -> tuple[str, str]:
-    def name(side):
-        return side if isinstance(side, str) else f"({side[0]} − {side[1]})"
-
-    return name(comparison.a), name(comparison.b)
-
-
 def _result(comparison, data: Data, steps: list[Step], plan: Plan, alpha: float, family: int, exploratory: bool) -> PairResult:
     ev, last = steps[-1].evidence, steps[-1]
     kind, s = comparison.kind, comparison.sesoi
@@ -260,12 +262,14 @@ def _result(comparison, data: Data, steps: list[Step], plan: Plan, alpha: float,
     decided_on = claim or ("zero" if kind == "difference" else "equivalent")
     p_level = last.thresholds[decided_on]
     confidence = 1 - p_level if decided_on != "equivalent" else 1 - 2 * p_level
-    a, b = _sides(comparison)
+    a, b = comparison.sides
     describe = _describe(comparison, data, ev)
     paired, n = ev.paired, ev.n
     sd = describe.pop("sd")
     level = alpha / family
-    needed = seeds_needed(sd, s, paired=paired, kind=kind, alpha=alpha, family=family, sd_seeds=n, at_least=n + 1)
+    test_set_se = math.sqrt(max(ev.se**2 - ev.seed_se**2, 0.0)) if ev.with_test_set else 0.0
+    needed = seeds_needed(sd, s, paired=paired, kind=kind, alpha=alpha, family=family, sd_seeds=n, at_least=n + 1,
+                          test_set_se=test_set_se)
     result = PairResult(
         comparison.label, a, b, kind, s, tuple(comparison.terms), tuple(steps), verdict, claim, confidence,
         t_interval(ev.estimate, ev.se, ev.df, confidence), t_interval(ev.estimate, ev.seed_se, ev.seed_df, 0.95),
@@ -303,13 +307,16 @@ def _describe(comparison, data: Data, ev: Evidence) -> dict:
                 scale = d.std(ddof=1)
             out["hedges_g"] = _hedges_j(len(d) - 1) * float(d.mean()) / scale if scale > 0 else NAN
             both = ran.all(axis=1)  # same-seed wins on every seed both ran, a failure losing
-            worst = np.where(done, v, -1e9)[both] @ w
-            if len(terms) > 2:
-                worst = d
-            wins = float(((worst > 0) + 0.5 * (worst == 0)).sum())
-            out["p_superiority"] = wins / len(worst)
-            out["p_superiority_ci"] = tuple(map(float, proportion_confint(wins, len(worst), method="wilson")))
-        elif len(terms) == 2 and min(done.sum(axis=0)) >= 2:
+            wins_on = np.where(done, v, WORST)[both] @ w if len(terms) == 2 else d
+            wins = float(((wins_on > 0) + 0.5 * (wins_on == 0)).sum())
+            out["p_superiority"] = wins / len(wins_on)
+            out["p_superiority_ci"] = tuple(map(float, proportion_confint(wins, len(wins_on), method="wilson")))
+        elif len(terms) == 2 and ev.zero_test.startswith("worst-rank"):  # unpaired, failures the worst: every pair of runs
+            x, y = (np.where(done[:, j], v[:, j], WORST)[ran[:, j]] for j in (0, 1))
+            x, y = (x, y) if w[0] > 0 else (y, x)
+            diffs = x[:, None] - y[None, :]
+            out["p_superiority"] = float(((diffs > 0) + 0.5 * (diffs == 0)).mean())
+        if not ev.paired and len(terms) == 2 and min(done.sum(axis=0)) >= 2:
             x, y = v[done[:, 0], 0], v[done[:, 1], 1]
             if w[0] < 0:
                 x, y = y, x
@@ -319,8 +326,9 @@ def _describe(comparison, data: Data, ev: Evidence) -> dict:
             out["rank_test"], out["rank_p"] = "Mann-Whitney U", float(stats.mannwhitneyu(x, y).pvalue)
             out["permutation_p"] = float(stats.permutation_test(
                 (x, y), lambda p, q, axis: p.mean(axis) - q.mean(axis), vectorized=True, rng=0).pvalue)
-            diffs = x[:, None] - y[None, :]
-            out["p_superiority"] = float(((diffs > 0) + 0.5 * (diffs == 0)).mean())
+            if not ev.zero_test.startswith("worst-rank"):
+                diffs = x[:, None] - y[None, :]
+                out["p_superiority"] = float(((diffs > 0) + 0.5 * (diffs == 0)).mean())
             out["hedges_g"] = _hedges_j(nx + ny - 2) * float(x.mean() - y.mean()) / pooled if pooled > 0 else NAN
     if ev.zero_test.startswith("worst-rank"):
         out["rank_test"], out["rank_p"] = ev.zero_test, ev.p_zero
@@ -363,9 +371,11 @@ def _explain(r: PairResult, plan: Plan) -> PairResult:
     elif r.verdict == "degenerate":
         why = f"{r.a} vs {r.b}: {ev.degenerate}, so no test applies ({seeds})"
     else:
-        test = ev.zero_test if r.kind == "difference" else "TOST"
+        claim = "zero" if r.kind == "difference" else "equivalent"
         p = ev.p_zero if r.kind == "difference" else ev.p_equivalent
-        test = f"{test} p {_fmt_p(p)}, needed < {step.thresholds['zero' if r.kind == 'difference' else 'equivalent']:.2g}" if math.isfinite(p) else "no test"
+        test = f"{ev.zero_test if claim == 'zero' else 'TOST'} p {_fmt_p(p)}, needed < {step.thresholds[claim]:.2g}"
+        if not math.isfinite(p):
+            test = "no TOST: the failure rates differ" if claim == "equivalent" and ev.blocked else "no test"
         why = (f"{r.a} minus {r.b} is {ev.estimate:.2f} points ({ci}; {test}; {seeds}), showing neither "
                f"a difference nor equivalence {within}")
         if step.futile:
@@ -386,13 +396,13 @@ def _explain(r: PairResult, plan: Plan) -> PairResult:
 def _what_would_settle(r: PairResult, ev: Evidence, step: Step, plan: Plan) -> str:
     if step.seeds < plan.looks[-1] and not step.futile:
         return f"the plan goes on to {plan.looks[-1]} seeds per arm"
-    if ev.with_test_set and ev.se > ev.seed_se:
-        examples = math.sqrt(max(ev.se ** 2 - ev.seed_se ** 2, 0.0))
-        if 1.96 * examples >= r.sesoi:
-            return (f"the test set alone leaves ±{1.96 * examples:.2f} points of uncertainty, more than the SESOI: "
-                    "more seeds cannot settle it, a larger test set can")
+    if ev.blocked and r.kind == "equivalence":
+        return "while the failure rates differ, no number of seeds makes the arms equivalent: find what makes the runs fail"
     if not math.isfinite(r.sd):
-        return "at least 2 finished seeds per arm are needed to plan how many would settle it"
+        return "there is no seed-to-seed sd to plan a new sweep from"
+    if r.seeds_needed >= SEEDS_CAP and ev.with_test_set:
+        return ("the test set's own sampling error alone is too large for this SESOI: more seeds cannot settle it, a "
+                "larger test set can")
     if r.seeds_needed >= SEEDS_CAP:
         return f"more than {SEEDS_CAP} seeds per arm would be needed: the seeds spread too widely for this SESOI"
     return (f"a new sweep planned for about {r.seeds_needed} seeds per arm could settle it (seeds added to this "
@@ -414,7 +424,7 @@ def calibrate(data: Data, comparisons, plan: Plan, alpha: float, *, draws=CALIBR
         order = rng.random((n, len(data.arms))).argsort(axis=1)
         values, ran = data.values[rows[:, None], order], data.ran[rows[:, None], order]
         fake = Data(np.arange(n), data.arms, values, ran)
-        false += any(_false_claim(c, judge(c, fake, plan, alpha, len(comparisons), describe=False)) for c in comparisons)
+        false += any(_false_claim(c, decide(c, fake, plan, alpha, len(comparisons))) for c in comparisons)
     low, high = proportion_confint(false, draws, method="wilson")
     return Calibration(draws, false / draws, float(low), float(high))
 
