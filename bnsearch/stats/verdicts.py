@@ -21,13 +21,13 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 from statsmodels.stats.proportion import proportion_confint
 
-from bnsearch.stats.evidence import WORST, Evidence, contrast_evidence, signed_rank_p
+from bnsearch.stats.describe import describe
+from bnsearch.stats.evidence import Evidence, contrast_evidence
 from bnsearch.stats.power import SEEDS_CAP, minimum_detectable_effect, seeds_needed
 from bnsearch.stats.sequential import Plan, conditional_power
-from bnsearch.stats.summaries import ALPHA, NAN, ArmSummary, quiet, summarize, t_interval
+from bnsearch.stats.summaries import ALPHA, NAN, ArmSummary, summarize, t_interval
 
 # Per kind, the claims in the order they are checked, and the verdict each one's rejection gives.
 CLAIMS = {"difference": {"zero": "supported", "equivalent": "refuted"},
@@ -263,9 +263,13 @@ def _result(comparison, data: Data, steps: list[Step], plan: Plan, alpha: float,
     p_level = last.thresholds[decided_on]
     confidence = 1 - p_level if decided_on != "equivalent" else 1 - 2 * p_level
     a, b = comparison.sides
-    describe = _describe(comparison, data, ev)
+    if all(arm in data.arms for arm in comparison.terms) and len(data.seeds):
+        columns = [data.arms.index(arm) for arm in comparison.terms]
+        described = describe(data.values[:, columns], data.ran[:, columns], np.array(list(comparison.terms.values())), ev)
+    else:
+        described = describe(np.zeros((0, 2)), np.zeros((0, 2), dtype=bool), np.array([1, -1]), ev)
     paired, n = ev.paired, ev.n
-    sd = describe.pop("sd")
+    sd = described.pop("sd")
     level = alpha / family
     test_set_se = math.sqrt(max(ev.se**2 - ev.seed_se**2, 0.0)) if ev.with_test_set else 0.0
     needed = seeds_needed(sd, s, paired=paired, kind=kind, alpha=alpha, family=family, sd_seeds=n, at_least=n + 1,
@@ -275,71 +279,8 @@ def _result(comparison, data: Data, steps: list[Step], plan: Plan, alpha: float,
         t_interval(ev.estimate, ev.se, ev.df, confidence), t_interval(ev.estimate, ev.seed_se, ev.seed_df, 0.95),
         t_interval(ev.estimate, ev.se, ev.df, 0.95) if ev.with_test_set else (NAN, NAN),
         sd=sd, mde=minimum_detectable_effect(sd, n, paired=paired, alpha=level), seeds_needed=needed,
-        explanation="", exploratory=exploratory, **describe)
+        explanation="", exploratory=exploratory, **described)
     return _explain(result, plan)
-
-
-def _describe(comparison, data: Data, ev: Evidence) -> dict:
-    """What describes the contrast besides the deciding test: rank and permutation tests,
-    same-seed P(A>B), Hedges' g and the failure-rate test."""
-    terms = comparison.terms
-    out = {"rank_test": "-", "rank_p": NAN, "permutation_p": NAN, "p_superiority": NAN,
-           "p_superiority_ci": (NAN, NAN), "hedges_g": NAN, "sd": NAN, "failure_p": NAN}
-    if any(a not in data.arms for a in terms) or not len(data.seeds):
-        return out
-    cols = [data.arms.index(a) for a in terms]
-    v, ran, w = data.values[:, cols], data.ran[:, cols], np.array(list(terms.values()), dtype=float)
-    done = ran & np.isfinite(v)
-    complete = done.all(axis=1)
-    with quiet():
-        if len(terms) == 2:
-            failures = (ran & ~done).sum(axis=0)
-            out["failure_p"] = float(stats.fisher_exact([failures, ran.sum(axis=0) - failures])[1])
-        if ev.paired:
-            d = v[complete] @ w
-            out["sd"] = float(d.std(ddof=1))
-            out["rank_test"], out["rank_p"] = "Wilcoxon signed-rank", signed_rank_p(d)
-            out["permutation_p"] = float(stats.permutation_test((d,), np.mean, permutation_type="samples", rng=0).pvalue)
-            sa, sb = (v[complete] * (w > 0)).sum(axis=1), (v[complete] * (w < 0)).sum(axis=1)
-            if len(terms) == 2:  # g_av: the mean difference over the mean of the two arms' sds
-                scale = (sa.std(ddof=1) + sb.std(ddof=1)) / 2
-            else:  # an interaction: g_z, over the sd of the per-seed contrast
-                scale = d.std(ddof=1)
-            out["hedges_g"] = _hedges_j(len(d) - 1) * float(d.mean()) / scale if scale > 0 else NAN
-            both = ran.all(axis=1)  # same-seed wins on every seed both ran, a failure losing
-            wins_on = np.where(done, v, WORST)[both] @ w if len(terms) == 2 else d
-            wins = float(((wins_on > 0) + 0.5 * (wins_on == 0)).sum())
-            out["p_superiority"] = wins / len(wins_on)
-            out["p_superiority_ci"] = tuple(map(float, proportion_confint(wins, len(wins_on), method="wilson")))
-        elif len(terms) == 2 and ev.zero_test.startswith("worst-rank"):  # unpaired, failures the worst: every pair of runs
-            x, y = (np.where(done[:, j], v[:, j], WORST)[ran[:, j]] for j in (0, 1))
-            x, y = (x, y) if w[0] > 0 else (y, x)
-            diffs = x[:, None] - y[None, :]
-            out["p_superiority"] = float(((diffs > 0) + 0.5 * (diffs == 0)).mean())
-        if not ev.paired and len(terms) == 2 and min(done.sum(axis=0)) >= 2:
-            x, y = v[done[:, 0], 0], v[done[:, 1], 1]
-            if w[0] < 0:
-                x, y = y, x
-            nx, ny = len(x), len(y)
-            pooled = math.sqrt(((nx - 1) * x.var(ddof=1) + (ny - 1) * y.var(ddof=1)) / (nx + ny - 2))
-            out["sd"] = pooled
-            out["rank_test"], out["rank_p"] = "Mann-Whitney U", float(stats.mannwhitneyu(x, y).pvalue)
-            out["permutation_p"] = float(stats.permutation_test(
-                (x, y), lambda p, q, axis: p.mean(axis) - q.mean(axis), vectorized=True, rng=0).pvalue)
-            if not ev.zero_test.startswith("worst-rank"):
-                diffs = x[:, None] - y[None, :]
-                out["p_superiority"] = float(((diffs > 0) + 0.5 * (diffs == 0)).mean())
-            out["hedges_g"] = _hedges_j(nx + ny - 2) * float(x.mean() - y.mean()) / pooled if pooled > 0 else NAN
-    if ev.zero_test.startswith("worst-rank"):
-        out["rank_test"], out["rank_p"] = ev.zero_test, ev.p_zero
-    return out
-
-
-def _hedges_j(df: int) -> float:
-    """Hedges' exact small-sample correction J(df); undefined below df = 2."""
-    if df < 2:
-        return NAN
-    return math.exp(math.lgamma(df / 2) - math.lgamma((df - 1) / 2)) / math.sqrt(df / 2)
 
 
 def _fmt_p(p) -> str:
