@@ -154,6 +154,7 @@ def test_the_replicate_phase_follows_its_sequential_plan(finished, tmp_path):
     assert parent.data.tags["replicate_plan"] == "2,3:obrien_fleming"
     report = Path(client.download_artifacts(parent.info.run_id, "report.md", str(tmp_path))).read_text()
     assert "## Sequential plan" in report and "Looks at 2, 3 seeds per arm" in report
+    assert "include the fixed test set's sampling error" in report  # from every run's test_correct.npz
     seeds = {int(r.data.tags["seed"]) for r in replicate_runs(client, parent)}
     tune_runs = sorted(p.name.rsplit("-", 1)[1] for p in storage.glob("tiny_mlp-*-replicate-seeds*"))
     if "stopped at 2 seeds per arm" in report:  # every comparison decided (or futile) at the first look
