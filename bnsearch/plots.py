@@ -55,10 +55,12 @@ def forest_plot(pairs: list[stats.PairResult], path: Path) -> Path:
 def tuning_curves(curves: dict[str, tuple[np.ndarray, np.ndarray]], metric: str, path: Path) -> Path:
     """Expected best score against search trials per arm, ± its sd (Dodge et al. 2019)."""
     fig, ax = plt.subplots(figsize=(6, 3.6))
+    ceiling = 100 if metric.endswith("accuracy") else np.inf  # the band is mean ± sd: keep it below 100%
     for arm, (mean, sd) in curves.items():
         k = np.arange(1, len(mean) + 1)
         ax.plot(k, mean, marker="o", ms=3, label=arm)
-        ax.fill_between(k, mean - sd, mean + sd, alpha=0.2)
+        ax.fill_between(k, mean - sd, np.minimum(mean + sd, ceiling), alpha=0.2)
+    ax.set_xscale("log")
     ax.set_xlabel("search trials per arm")
     ax.set_ylabel(f"expected best {metric}")
     ax.legend(fontsize=8)

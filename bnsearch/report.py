@@ -247,7 +247,8 @@ def _pairs(analysis: stats.Analysis, out: Path) -> list:
                   "boundary; TOST's is the 1 − 2α interval): a verdict is what this interval shows against 0 and ±SESOI. "
                   "Same-seed P(A>B): the share of seeds on which A beat B (a failure losing), with a Wilson 95% interval."),
             ("h2", "Power"), ("table", pd.DataFrame(power)),
-            ("p", f"At the family's level α/{len(analysis.pairs)}, 80% power; the sd is of the per-seed differences when paired. "
+            ("p", f"At the family's level α/{len(analysis.pairs)}, 80% power; the sd is of the per-seed differences when paired; "
+                  "with per-example results the minimum detectable effect includes the test set's error. "
                   "Seeds for a new sweep plan with the sd's upper 80% confidence bound (a small-sample sd is often an "
                   "underestimate) and are never fewer than already ran; adding them to this sweep would be optional stopping.")]
 

@@ -271,6 +271,9 @@ def _result(comparison, data: Data, steps: list[Step], plan: Plan, alpha: float,
     paired, n = ev.paired, ev.n
     sd = described.pop("sd")
     level = alpha / family
+    mde = minimum_detectable_effect(sd, n, paired=paired, alpha=level)
+    if ev.with_test_set and ev.seed_se > 0:  # the test set's error widens what the seeds can detect
+        mde *= ev.se / ev.seed_se
     test_set_se = math.sqrt(max(ev.se**2 - ev.seed_se**2, 0.0)) if ev.with_test_set else 0.0
     needed = seeds_needed(sd, s, paired=paired, kind=kind, alpha=alpha, family=family, sd_seeds=n, at_least=n + 1,
                           test_set_se=test_set_se)
@@ -278,7 +281,7 @@ def _result(comparison, data: Data, steps: list[Step], plan: Plan, alpha: float,
         comparison.label, a, b, kind, s, tuple(comparison.terms), tuple(steps), verdict, claim, confidence,
         t_interval(ev.estimate, ev.se, ev.df, confidence), t_interval(ev.estimate, ev.seed_se, ev.seed_df, 0.95),
         t_interval(ev.estimate, ev.se, ev.df, 0.95) if ev.with_test_set else (NAN, NAN),
-        sd=sd, mde=minimum_detectable_effect(sd, n, paired=paired, alpha=level), seeds_needed=needed,
+        sd=sd, mde=mde, seeds_needed=needed,
         explanation="", exploratory=exploratory, **described)
     return _explain(result, plan)
 
