@@ -245,7 +245,9 @@ def _pairs(analysis: stats.Analysis, out: Path) -> list:
             ("img", plots.forest_plot(analysis.pairs, out / "plots" / "differences.png")),
             ("p", "\"Decided on\": the interval at the level the verdict spent (the family's share and the look's "
                   "boundary; TOST's is the 1 − 2α interval): a verdict is what this interval shows against 0 and ±SESOI. "
-                  "Same-seed P(A>B): the share of seeds on which A beat B (a failure losing), with a Wilson 95% interval."),
+                  "Same-seed P(A>B): the share of seeds on which A beat B (a failure losing), with a Wilson 95% interval. The rank "
+                  "and permutation tests, P(A>B) and Hedges' g describe the seeds on this one test set: they leave out the "
+                  "test set's sampling error that the verdict includes."),
             ("h2", "Power"), ("table", pd.DataFrame(power)),
             ("p", f"At the family's level α/{len(analysis.pairs)}, 80% power; the sd is of the per-seed differences when paired; "
                   "with per-example results the minimum detectable effect includes the test set's error. "
