@@ -51,11 +51,37 @@ class Splits:
 
 
 _DATASETS: dict[str, Callable[..., Arrays]] = {}
+_DOWNLOADS: set[str] = set()  # loaded through Keras (TensorFlow, network): only a worker can check them
 
 
-def register_dataset(loader: Callable[..., Arrays]) -> Callable[..., Arrays]:
-    _DATASETS[loader.__name__] = loader
-    return loader
+def register_dataset(loader: Callable[..., Arrays] | None = None, *, downloads: bool = False):
+    """Register ``loader`` under its name; ``downloads=True`` for loaders that need Keras or the network."""
+    def register(fn: Callable[..., Arrays]) -> Callable[..., Arrays]:
+        _DATASETS[fn.__name__] = fn
+        if downloads:
+            _DOWNLOADS.add(fn.__name__)
+        return fn
+
+    return register(loader) if loader else register
+
+
+def check(name: str, options: dict) -> str | None:
+    """What is wrong with a dataset, found on the driver without TensorFlow (None: nothing, or only
+    a worker can tell): an offline dataset is loaded once and its split must leave training,
+    validation and test examples."""
+    if name not in _DATASETS or name in _DOWNLOADS:
+        return None
+    loader_options = {k: v for k, v in options.items() if k not in COMMON_PARAMETERS}
+    try:
+        arrays = load(name, **loader_options)
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as error:  # a missing file, a bad column, ...
+        return f"{name} cannot be loaded: {error}"
+    n = len(arrays.x_train)
+    n_val = max(1, int(round(n * options.get("validation_fraction", COMMON_PARAMETERS["validation_fraction"]))))
+    if len(arrays.x_test) == 0 or n - n_val < 1:
+        return (f"{name} with {loader_options or 'its defaults'} leaves {max(n - n_val, 0)} training, {min(n_val, n)} "
+                f"validation and {len(arrays.x_test)} test examples: each needs at least one")
+    return None
 
 
 def list_datasets() -> list[str]:
@@ -240,21 +266,21 @@ def _keras_images(load_data) -> Arrays:
     return Arrays(x_train / 255.0, y_train, x_test / 255.0, y_test, int(y_train.max()) + 1)
 
 
-@register_dataset
+@register_dataset(downloads=True)
 def mnist() -> Arrays:
     import keras
 
     return _keras_images(keras.datasets.mnist.load_data)
 
 
-@register_dataset
+@register_dataset(downloads=True)
 def fashion_mnist() -> Arrays:
     import keras
 
     return _keras_images(keras.datasets.fashion_mnist.load_data)
 
 
-@register_dataset
+@register_dataset(downloads=True)
 def cifar10() -> Arrays:
     import keras
 

@@ -126,6 +126,8 @@ def make_report(tracker: tracking.SweepTracker, spec_record: dict[str, Any], out
     built = report.build(table, spec_record, out, correct=per_example(tracker, table, spec_record),
                          plan=planned(tracker, spec_record))
     tracker.log_files(out)
+    if built.parent:
+        tracker.log_summary(built.parent.metrics, built.parent.tags, built.parent.description)
     return built.summary + f"\n\nReport: {built.markdown} (and logged on the parent run {tracker.parent_run_id})"
 
 

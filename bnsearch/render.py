@@ -20,13 +20,13 @@ def to_markdown(blocks: list, out: Path) -> str:
         elif kind == "ul":
             parts.append("\n".join(f"- {item}" for item in content))
         elif kind == "table":
-            parts.append(_markdown_table(content))
+            parts.append(markdown_table(content))
         elif kind == "img":
             parts.append(f"![{content.stem}]({content.relative_to(out).as_posix()})")
     return "\n\n".join(parts) + "\n"
 
 
-def _markdown_table(frame: pd.DataFrame) -> str:
+def markdown_table(frame: pd.DataFrame) -> str:
     cells = lambda row: "| " + " | ".join(str(v).replace("|", "\\|") for v in row) + " |"  # noqa: E731
     return "\n".join([cells(frame.columns), cells(["---"] * len(frame.columns)), *(cells(r) for r in frame.itertuples(index=False))])
 

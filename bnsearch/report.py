@@ -31,6 +31,36 @@ class Built:
     html: Path
     summary: str
     analysis: stats.Analysis | None
+    parent: ParentSummary | None = None  # what the parent run shows in the MLflow UI
+
+
+@dataclass
+class ParentSummary:
+    """The verdicts and every arm's aggregate over its seeds, for the sweep's parent run."""
+
+    metrics: dict[str, float]
+    tags: dict[str, str]
+    description: str  # Markdown: the run page shows it without opening a file
+
+
+def parent_summary(analysis: stats.Analysis) -> ParentSummary:
+    metrics, tags = {}, {}
+    for s in analysis.arms:
+        figures = {"mean": s.mean, "ci_low": s.ci_low, "ci_high": s.ci_high, "test_set_ci_low": s.test_ci_low,
+                   "test_set_ci_high": s.test_ci_high, "n": s.n, "failed": s.n_failed}
+        metrics |= {f"arm/{s.arm}/{name}": value for name, value in figures.items() if math.isfinite(value)}
+    for p in analysis.pairs:
+        figures = {"difference": p.difference, "decision_ci_low": p.decision_ci[0], "decision_ci_high": p.decision_ci[1]}
+        metrics |= {f"comparison/{p.label}/{name}": value for name, value in figures.items() if math.isfinite(value)}
+        tags[f"verdict/{p.label}"] = f"{p.verdict}: {p.explanation}"
+    rows = pd.DataFrame([{"arm": s.arm, "n": s.n, "failed": s.n_failed, "mean": f"{s.mean:.2f}",
+                          "95% CI (seeds)": _interval(s.ci_low, s.ci_high),
+                          "95% CI (seeds + test set)": _interval(s.test_ci_low, s.test_ci_high)} for s in analysis.arms])
+    lines = [f"**Verdicts** ({analysis.metric}, accuracy points, {analysis.seeds} seeds per arm):", ""]
+    lines += [f"- **{p.label}** ({p.kind}): **{p.verdict}**. {p.explanation}" for p in analysis.pairs]
+    lines += [f"- exploratory, {p.label}: {p.explanation}" for p in analysis.exploratory]
+    lines += ["", render.markdown_table(rows), "", "The full report: `report.html` in this run's artifacts."]
+    return ParentSummary(metrics, tags, "\n".join(lines))
 
 
 def plan_of(spec: dict[str, Any]) -> stats.Plan:
@@ -100,7 +130,7 @@ def build(table: pd.DataFrame, spec: dict[str, Any], out: str | Path, *, correct
     page.write_text(render.to_html(blocks, out, spec["name"]))
     lines += [f"Warning: {w}" for w in _bn_warnings(table)]
     summary = "\n".join([f"\nReport for {spec['name']} ({metric}, accuracy points):", *lines])
-    return Built(md, page, summary, analysis)
+    return Built(md, page, summary, analysis, parent_summary(analysis) if analysis else None)
 
 
 def _seed_text(replicate: pd.DataFrame) -> str:

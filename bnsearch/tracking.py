@@ -11,7 +11,9 @@ races its schema migration), and it closes every child run with its final status
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import sys
 import tempfile
 import time
@@ -20,17 +22,21 @@ from pathlib import Path
 from typing import Any
 
 import requests
-from mlflow.entities import Metric, Param, RunStatus
+from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
-from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME, MLFLOW_RUN_NOTE
 
 from bnsearch.spec import COMPLETED
 
 # The report fetches a file per replicate run: one tqdm bar each would bury what the driver prints.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+# A new SQLite store announces its schema migration at INFO, twice, on every first run: not news.
+for _name in ("mlflow.store.db.utils", "alembic"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
 
 PARENT_RUN_NAME = "sweep"
+MAX_TAG_LENGTH = 8000  # MLflow's limit on a tag value
 PENDING_FILE = "pending_metrics.json"
 MAX_METRICS_PER_BATCH = 1000  # MLflow's limit per log_batch request
 # A trial's client: about 10 s per request before its metrics wait for the next epoch.
@@ -245,6 +251,19 @@ class SweepTracker:
     def set_tags(self, tags: Mapping[str, str]) -> None:
         for key, value in tags.items():
             self.client.set_tag(self.parent_run_id, key, value)
+
+    def log_summary(self, metrics: Mapping[str, float], tags: Mapping[str, str], description: str) -> None:
+        """The sweep's results where the MLflow UI shows them without opening a file: metrics and
+        tags on the parent run (keys made valid MLflow names) and its description (Markdown)."""
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.parent_run_id, metrics=[Metric(mlflow_key(k), float(v), now, 0) for k, v in metrics.items()],
+                              tags=[RunTag(mlflow_key(k), str(v)[:MAX_TAG_LENGTH]) for k, v in tags.items()])
+        self.client.set_tag(self.parent_run_id, MLFLOW_RUN_NOTE, description)
+
+
+def mlflow_key(name: str) -> str:
+    """``name`` as a valid MLflow metric or tag key: characters MLflow refuses become ``_``."""
+    return re.sub(r"[^/\w.\- ]", "_", name)
 
 
 class TrialRun:

@@ -11,6 +11,7 @@ TensorFlow is imported inside the trial function only, never on the driver.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import pickle
 import time
@@ -24,7 +25,7 @@ from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from bnsearch import data, search, tracking
-from bnsearch.spec import FAILURES, SEARCH_SEED_BASE, SEARCH_SPLIT_SEED, Sweep
+from bnsearch.spec import FAILURES, SEARCH_SEED_BASE, SEARCH_SPLIT_SEED, SpecError, Sweep
 
 
 @dataclass(frozen=True)
@@ -111,6 +112,11 @@ def train_trial(config: dict, setup: TrialSetup) -> None:
 @ray.remote(num_cpus=0)
 def _load_dataset(name: str, loader_args: dict) -> data.Arrays:
     return data.load(name, **loader_args)
+
+
+@ray.remote(num_cpus=0)
+def _loaded(arrays: data.Arrays) -> int:
+    return len(arrays.x_train)  # small: the driver learns the load worked without fetching the data
 
 
 class _SavedSearcher(Searcher):
@@ -314,12 +320,24 @@ def run_phase(sweep: Sweep, phase: str, *, tracker: tracking.SweepTracker, sweep
     # Frequent checkpoints are deliberate (trials resume from them); Tune's warning about them is noise.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if not ray.is_initialized():
-        ray.init(address=address, logging_level="WARNING", include_dashboard=False, log_to_driver=False,
-                 runtime_env={"env_vars": {"TF_CPP_MIN_LOG_LEVEL": "2"}})
+        # Ray enables token auth on a new local cluster and warns that it did, on every run: it is the
+        # safe default, nothing for the user to do (RAY_AUTH_MODE still decides).
+        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+        try:
+            ray.init(address=address, logging_level="WARNING", include_dashboard=False, log_to_driver=False,
+                     runtime_env={"env_vars": {"TF_CPP_MIN_LOG_LEVEL": "2"}})
+        except ConnectionError as error:  # --address auto with no cluster running here
+            raise SpecError([("--address", f"{address}: {error}")]) from None
     # Load the dataset once, in a task that needs no CPU slot (so trials start meanwhile), and
     # share it through the object store: every trial process would otherwise load its own.
     loader_args = {k: v for k, v in sweep.dataset_args.items() if k not in data.COMMON_PARAMETERS}
     arrays = _load_dataset.remote(sweep.dataset, loader_args)
+    try:  # a dataset only a worker can load (a download): its failure ends the phase here, as one line
+        ray.get(_loaded.remote(arrays))
+    except ray.exceptions.RayTaskError as error:
+        cause = error.cause if error.cause is not None else error
+        raise SpecError([("dataset", f"{sweep.dataset} could not be loaded on a worker: {type(cause).__name__}: "
+                                     f"{str(cause).splitlines()[0] if str(cause) else ''}")]) from None
     setup = TrialSetup(
         sweep_id=sweep_id, model=sweep.model, dataset=sweep.dataset, dataset_args=dict(sweep.dataset_args),
         max_epochs=sweep.budget.max_epochs, cpu=sweep.resources.cpu, gpu=sweep.resources.gpu, tracking_uri=tracker.tracking_uri,

@@ -55,6 +55,10 @@ def test_a_clear_difference_is_reported_as_supported_with_every_section(tmp_path
     assert page.count("data:image/png;base64,") == 5  # self-contained inside MLflow's artifact viewer
     assert "8 seeds per arm ran, 4 of them within the sequential plan" in md and "Only seed-to-seed variance enters the intervals" in md
     assert "<b>supported</b>" in page and "<table" in page
+    parent = built.parent  # what the MLflow UI shows on the parent run
+    assert parent.metrics["arm/before/mean"] == next(s.mean for s in built.analysis.arms if s.arm == "before") and parent.metrics["arm/none/n"] == 4
+    assert parent.tags["verdict/before vs none"].startswith("supported: before beats none by 2.")
+    assert "**before vs none** (difference): **supported**" in parent.description and "| before | 4 | 0 |" in parent.description
     assert "before vs none (difference): SUPPORTED" in built.summary and "before: 97.0" in built.summary and "EXPLORATORY" in built.summary
 
 

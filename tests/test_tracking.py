@@ -74,3 +74,13 @@ def test_reading_a_sweep_back(tmp_path):
         reader.open_sweep("sweep-3")
     with pytest.raises(LookupError):
         tracking.SweepTracker(t.tracking_uri, "no-such-experiment", create=False)
+
+
+def test_the_parent_run_carries_the_summary_under_valid_keys(tmp_path):
+    t = tracker(tmp_path)
+    arm = "bn_placement=before,batch_size=8"  # '=' and ',' are not allowed in MLflow keys
+    t.log_summary({f"arm/{arm}/mean": 97.1}, {"verdict/before vs none": "supported: ..."}, "**Verdicts**")
+    run = MlflowClient(t.tracking_uri).get_run(t.parent_run_id)
+    assert run.data.metrics[tracking.mlflow_key(f"arm/{arm}/mean")] == 97.1
+    assert tracking.mlflow_key(arm) == "bn_placement_before_batch_size_8"
+    assert run.data.tags["verdict/before vs none"] == "supported: ..." and run.data.tags["mlflow.note.content"] == "**Verdicts**"
