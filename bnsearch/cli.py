@@ -87,7 +87,7 @@ def _run(args: argparse.Namespace) -> int:
         sweep = sweep.replace(budget=dataclasses.replace(sweep.budget, seeds=args.seeds, looks=looks))
     sweep.validate()
     return session.run(sweep, PHASE_CHOICES[args.phase], dry_run=args.dry_run, storage=session.storage_of(args.storage),
-                       tracking_uri=args.tracking_uri, address=args.address, sweep_id=args.sweep_id)
+                       tracking_uri=args.tracking_uri, address=args.address, sweep_id=args.sweep_id, verbose=args.verbose)
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -132,6 +132,8 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--phase", choices=tuple(PHASE_CHOICES), default="all",
                      help="search, replicate or report (these two continue the latest sweep, or --sweep-id), or all (default)")
     run.add_argument("--sweep-id", help="the sweep to continue with --phase replicate/report (default: the latest)")
+    run.add_argument("--verbose", action="store_true",
+                     help="print Tune's per-trial output instead of the compact progress view (without it, that output goes to tune.log in the sweep's results)")
     run.set_defaults(func=_run)
     report = commands.add_parser("report", help="rebuild a sweep's report from MLflow alone")
     report.add_argument("experiment", help="MLflow experiment name, e.g. bn_vs_none or bn_vs_none-dry-run")

@@ -23,6 +23,7 @@ from bnsearch import report, results, stats, tracking
 from bnsearch.spec import FAILURES, Sweep
 
 PLAN_TAG = "replicate_plan"  # looks:spending, as first recorded
+TUNE_LOG = "tune.log"  # Tune's own output, per sweep, when the console shows the progress view
 
 PHASES = ("search", "replicate", "report")
 
@@ -38,17 +39,20 @@ def replicate_configs(best: dict[str, dict[str, Any]], seeds: int) -> list[dict[
 
 def run(sweep: Sweep, phases: Sequence[str], *, tracker: tracking.SweepTracker, sweep_id: str, storage: str | Path,
         spec_record: dict[str, Any], report_dir: Path, address: str | None = None,
-        run_tags: dict[str, str] | None = None, echo: Callable[[str], None] = print) -> bool:
+        run_tags: dict[str, str] | None = None, echo: Callable[[str], None] = print, verbose: bool = False) -> bool:
     """Run ``phases`` of ``sweep`` in order; the parent run must be open on ``tracker``.
-    Returns whether every trial ended without a crash."""
+    Returns whether every trial ended without a crash. Tune's own per-trial output goes to
+    ``tune.log`` beside the report, the console showing the compact progress view; ``verbose``
+    prints Tune's output instead."""
     from bnsearch import trainable  # Ray loads only when a phase trains
 
     ok = True
+    log_file = None if verbose else report_dir.parent / TUNE_LOG
     if "search" in phases and tracker.tags().get("search") == "done":
         echo("bnsearch: the search phase of this sweep is done already")
     elif "search" in phases:
         outcome = trainable.run_phase(sweep, "search", tracker=tracker, sweep_id=sweep_id, storage=str(storage),
-                                      address=address, run_tags=run_tags)
+                                      address=address, run_tags=run_tags, log_file=log_file)
         tracker.set_tags({"search": "done"})  # a resumed sweep goes on with the replicate phase
         echo(summary(outcome))
         ok &= outcome.ok
@@ -71,7 +75,7 @@ def run(sweep: Sweep, phases: Sequence[str], *, tracker: tracking.SweepTracker, 
                 # Named by the seed count: a killed driver's rerun restores this Tune run; more seeds start another.
                 outcome = trainable.run_phase(full_budget, "replicate", tracker=tracker, sweep_id=sweep_id, storage=str(storage),
                                               address=address, run_tags=run_tags, configs=todo,
-                                              name=f"{sweep_id}-replicate-seeds{look}")
+                                              name=f"{sweep_id}-replicate-seeds{look}", log_file=log_file)
                 echo(summary(outcome))
                 ok &= outcome.ok
                 table = results.from_records(tracker.trial_records())

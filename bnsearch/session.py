@@ -104,7 +104,7 @@ def _unwritable(storage: Path) -> str | None:
 
 
 def run(sweep: Sweep, chosen: tuple[str, ...], *, dry_run: bool, storage: str | Path, tracking_uri: str | None,
-        address: str | None, sweep_id: str | None) -> int:
+        address: str | None, sweep_id: str | None, verbose: bool = False) -> int:
     """Run the ``chosen`` phases of a validated sweep; the process's exit code."""
     preflight(sweep, storage, address, chosen)
     from bnsearch import phases, tracking  # MLflow loads only after validation
@@ -153,7 +153,7 @@ def run(sweep: Sweep, chosen: tuple[str, ...], *, dry_run: bool, storage: str | 
         ok = phases.run(sweep, chosen, tracker=tracker, sweep_id=sweep_id, storage=str(storage), spec_record=spec_record,
                         report_dir=local / sweep_id / "report",
                         address=address,
-                        run_tags={"dry_run": str(dry_run).lower()})
+                        run_tags={"dry_run": str(dry_run).lower()}, verbose=verbose)
     finally:
         tracker.end_sweep(ok)
     print(where(tracking_uri, tracker.experiment_id, tracker.parent_run_id, f"{storage}/{sweep_id}"))

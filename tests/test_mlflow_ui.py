@@ -78,7 +78,7 @@ def test_the_ui_shows_the_sweep_its_nested_trials_and_the_report(server, tmp_pat
     text = page_text(f"{runs_page}/{parent.info.run_id}")
     verdict = parent.data.tags["verdict/before vs none"].split(":")[0]
     mean = parent.data.metrics["arm/before/mean"]
-    assert f"before vs none (difference): {verdict}" in text and f"| before |" not in text  # rendered, not raw Markdown
+    assert f"before vs none (difference): {verdict}" in text and "| before |" not in text  # rendered, not raw Markdown
     assert f"{mean:.2f}" in text and "95% CI (seeds + test set)" in text
 
     text = page_text(f"{runs_page}/{parent.info.run_id}/artifacts")

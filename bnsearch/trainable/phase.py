@@ -1,0 +1,211 @@
+"""One phase on Ray Tune: the Tuner, its callbacks (MLflow run status, the progress view), and
+what the phase returns."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import ray
+from ray import tune
+from ray.tune.schedulers import FIFOScheduler
+
+from bnsearch import data, progress, search, tracking
+from bnsearch.spec import FAILURES, SpecError, Sweep
+from bnsearch.trainable.searchers import ArmScheduler, ArmSearcher, FixedConfigs
+from bnsearch.trainable.trial import TrialSetup, load_dataset, dataset_loaded, run_name, train_trial, trial_key, trial_status
+
+
+class CloseTrialRuns(tune.Callback):
+    """Driver side: give every trial's MLflow run its final status once Tune is done with it."""
+
+    def __init__(self, tracker: tracking.SweepTracker, sweep_id: str, max_epochs: int):
+        self.tracker, self.sweep_id, self.max_epochs = tracker, sweep_id, max_epochs
+
+    def _close(self, trial, errored: bool) -> None:
+        status = trial_status(trial.last_result, self.max_epochs, errored)
+        self.tracker.close_trial(trial_key(self.sweep_id, trial.config), status, run_name(trial.config))
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._close(trial, errored=False)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._close(trial, errored=True)
+
+
+class ShowProgress(tune.Callback):
+    """Driver side: feed the phase's compact progress view (:mod:`bnsearch.progress`)."""
+
+    def __init__(self, view: progress.Progress, metric: str, max_epochs: int):
+        self.view, self.metric, self.max_epochs = view, metric, max_epochs
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.view.started(trial.config["arm"], trial.trial_id)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self.view.result(trial.config["arm"], trial.trial_id, int(result.get("epoch", 0)), result.get(self.metric))
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.view.ended(trial.config["arm"], trial.trial_id, trial_status(trial.last_result, self.max_epochs))
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.view.ended(trial.config["arm"], trial.trial_id, trial_status(None, self.max_epochs, errored=True))
+
+    def on_step_end(self, iteration, trials, **info):
+        self.view.tick()
+
+    def on_experiment_end(self, trials, **info):
+        self.view.close()
+
+
+@contextlib.contextmanager
+def _tune_output(log_file: Path | None):
+    """Tune's own output (its per-trial boxes) into ``log_file``, or on the console when None."""
+    if log_file is None:
+        yield
+        return
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_file, "a") as out, contextlib.redirect_stdout(out):
+        yield
+
+
+@dataclass
+class PhaseOutcome:
+    phase: str
+    metric: str
+    mode: str
+    wall_s: float
+    trials: list[dict]  # arm, trial_index, status, epochs, train_time_s, best (the metric's best value)
+    ok: bool = True
+
+    @property
+    def epochs(self) -> int:
+        return sum(t["epochs"] for t in self.trials)
+
+    @property
+    def best(self) -> dict[str, float]:
+        """Per arm, the best value of the metric over its trials."""
+        pick = max if self.mode == "max" else min
+        values: dict[str, list[float]] = {}
+        for t in self.trials:
+            if t["best"] is not None and t["status"] not in FAILURES:
+                values.setdefault(t["arm"], []).append(t["best"])
+        return {arm: pick(v) for arm, v in values.items()}
+
+
+def slots(cpu_per_trial: float, gpu_per_trial: float) -> int:
+    """How many trials the connected cluster can run at once right now (0 if none yet)."""
+    have = ray.cluster_resources()
+    fits = [have.get("CPU", 0) / cpu_per_trial]
+    if gpu_per_trial:
+        fits.append(have.get("GPU", 0) / gpu_per_trial)
+    return int(min(fits))
+
+
+def run_phase(sweep: Sweep, phase: str, *, tracker: tracking.SweepTracker, sweep_id: str, storage: str,
+              address: str | None = None, run_tags: dict[str, str] | None = None,
+              configs: list[dict] | None = None, track: bool = True, name: str | None = None,
+              log_file: Path | None = None) -> PhaseOutcome:
+    """Run one phase of ``sweep`` on Ray, every trial a child of ``tracker``'s parent run.
+
+    ``search``: the per-arm Optuna studies with per-arm ASHA. ``replicate``: exactly
+    ``configs`` (each with its arm, seed and trial index), full budget, no early stopping.
+    The Tune run ``name`` (default ``<sweep_id>-<phase>``) lives under ``storage``; if a killed
+    driver left it unfinished there, it is restored: finished trials stay finished, running ones
+    resume from their last checkpoint, and the searchers go on from their saved state. With a
+    ``log_file``, Tune's own per-trial output goes there and the console shows the compact progress
+    view instead; without one, Tune prints as usual (``--verbose``).
+    """
+    start = time.perf_counter()
+    search.quiet()
+    # Frequent checkpoints are deliberate (trials resume from them); Tune's warning about them is noise.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    if not ray.is_initialized():
+        # Ray enables token auth on a new local cluster and warns that it did, on every run: it is the
+        # safe default, nothing for the user to do (RAY_AUTH_MODE still decides).
+        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+        try:
+            ray.init(address=address, logging_level="WARNING", include_dashboard=False, log_to_driver=False,
+                     runtime_env={"env_vars": {"TF_CPP_MIN_LOG_LEVEL": "2"}})
+        except ConnectionError as error:  # --address auto with no cluster running here
+            raise SpecError([("--address", f"{address}: {error}")]) from None
+    # Load the dataset once, in a task that needs no CPU slot (so trials start meanwhile), and
+    # share it through the object store: every trial process would otherwise load its own.
+    loader_args = {k: v for k, v in sweep.dataset_args.items() if k not in data.COMMON_PARAMETERS}
+    arrays = load_dataset.remote(sweep.dataset, loader_args)
+    try:  # a dataset only a worker can load (a download): its failure ends the phase here, as one line
+        ray.get(dataset_loaded.remote(arrays))
+    except ray.exceptions.RayTaskError as error:
+        cause = error.cause if error.cause is not None else error
+        raise SpecError([("dataset", f"{sweep.dataset} could not be loaded on a worker: {type(cause).__name__}: "
+                                     f"{str(cause).splitlines()[0] if str(cause) else ''}")]) from None
+    setup = TrialSetup(
+        sweep_id=sweep_id, model=sweep.model, dataset=sweep.dataset, dataset_args=dict(sweep.dataset_args),
+        max_epochs=sweep.budget.max_epochs, cpu=sweep.resources.cpu, gpu=sweep.resources.gpu, tracking_uri=tracker.tracking_uri,
+        experiment_id=tracker.experiment_id, parent_run_id=tracker.parent_run_id, run_tags=dict(run_tags or {}),
+        checkpoint_every_s=sweep.budget.checkpoint_every_s, arrays=arrays, track=track,
+    )
+    trainable = tune.with_resources(tune.with_parameters(train_trial, setup=setup),
+                                    {"cpu": sweep.resources.cpu, "gpu": sweep.resources.gpu})
+    name = name or f"{sweep_id}-{phase}"
+    storage = storage if "://" in storage else os.path.abspath(storage)
+    if tune.Tuner.can_restore(f"{storage}/{name}"):
+        # The run config, callbacks and searcher state come back from the experiment's own files.
+        tuner = tune.Tuner.restore(f"{storage}/{name}", trainable=trainable)
+    else:
+        if phase == "search":
+            total = len(sweep.arms()) * sweep.budget.trials_per_arm
+            searcher = ArmSearcher(sweep)  # it ends the phase, crashed trials' replacements included
+            scheduler = ArmScheduler(sweep) if sweep.budget.early_stopping else FIFOScheduler()
+            samples = searcher.max_trials
+        else:
+            total, searcher, scheduler = len(configs), FixedConfigs(configs), FIFOScheduler()
+            samples = total
+        concurrency = sweep.budget.max_concurrent_trials or slots(sweep.resources.cpu, sweep.resources.gpu) or total
+        callbacks = [CloseTrialRuns(tracker, sweep_id, sweep.budget.max_epochs)] if track else []
+        if log_file is not None:
+            arms = [c["arm"] for c in configs] if configs else [a for a in sweep.arms() for _ in range(sweep.budget.trials_per_arm)]
+            view = progress.Progress(phase, {arm: arms.count(arm) for arm in dict.fromkeys(arms)}, sweep.metric, sweep.mode)
+            callbacks.append(ShowProgress(view, sweep.metric, sweep.budget.max_epochs))
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(
+                search_alg=searcher,
+                scheduler=scheduler,
+                num_samples=samples,
+                max_concurrent_trials=min(concurrency, total),
+                reuse_actors=True,
+            ),
+            run_config=tune.RunConfig(
+                name=name,
+                storage_path=storage,
+                callbacks=callbacks,
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+                failure_config=tune.FailureConfig(max_failures=2),
+                verbose=1,
+            ),
+        )
+    try:
+        with _tune_output(log_file):
+            grid = tuner.fit()
+    finally:
+        if track:
+            tracker.close_orphans()
+    trials = sorted((_trial_summary(result, sweep) for result in grid), key=lambda t: (t["arm"], t["trial_index"]))
+    return PhaseOutcome(phase, sweep.metric, sweep.mode, time.perf_counter() - start, trials, not grid.errors)
+
+
+def _trial_summary(result, sweep: Sweep) -> dict:
+    history = result.metrics_dataframe
+    values = history[sweep.metric].dropna() if history is not None and sweep.metric in history else []
+    return {
+        "arm": result.config["arm"], "trial_index": result.config["trial_index"],
+        "status": trial_status(result.metrics, sweep.budget.max_epochs, errored=result.error is not None),
+        "epochs": int((result.metrics or {}).get("epoch", 0)),
+        "train_time_s": float((result.metrics or {}).get("train_time_s", 0.0)),
+        "best": float(values.max() if sweep.mode == "max" else values.min()) if len(values) else None,
+    }

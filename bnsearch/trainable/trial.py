@@ -1,0 +1,119 @@
+"""One trial on a Ray worker: its shared setup, its MLflow identity, the training function,
+the dataset loaded once per sweep, and how a trial ended."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+from ray import tune
+
+from bnsearch import data, tracking
+
+
+@dataclass(frozen=True)
+class TrialSetup:
+    """What every trial of a sweep shares, shipped once through Ray's object store."""
+
+    sweep_id: str
+    model: str
+    dataset: str
+    dataset_args: dict
+    max_epochs: int
+    cpu: float
+    gpu: float
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+    run_tags: dict = field(default_factory=dict)
+    checkpoint_every_s: float = 30.0
+    arrays: Any = None  # an ObjectRef to the loaded dataset, in Ray's object store once per sweep
+    track: bool = True  # False only to measure what tracking costs (bench/)
+
+
+def trial_key(sweep_id: str, config: dict) -> str:
+    """A trial's MLflow identity: its arm and its place in that arm (search: trial index,
+    replicate: seed), never Tune's trial id. A driver killed after starting a trial but before
+    Tune saved it gets, on restore, the same suggestion from the restored searcher under a new
+    Tune id; keyed like this, it lands in the run the first attempt opened, as does a trial
+    retried from a checkpoint or a seed replicated again."""
+    if config["phase"] == "replicate":
+        return f"{sweep_id}/replicate/{config['arm']}/seed{config['seed']}"
+    return f"{sweep_id}/{config['phase']}/{config['arm']}/trial{config['trial_index']}"
+
+
+def run_name(config: dict) -> str:
+    return f"{config['phase']}-{config['arm']}-{config['trial_index']:03d}"
+
+
+def train_trial(config: dict, setup: TrialSetup) -> None:
+    """The Tune function trainable: one Keras training, tracked in its own MLflow child run."""
+    # When this process is reused for the next trial, Tune waits this long (default 2 s) for the
+    # last trial's thread to unwind, else fails the new trial; unwinding a stopped Keras fit
+    # (MobileNetV2 on a busy CPU) can take longer. Read in this process at reset time.
+    os.environ["TUNE_FUNCTION_THREAD_TIMEOUT_S"] = "60"
+    from bnsearch import train  # TensorFlow loads here, in the worker
+
+    key = trial_key(setup.sweep_id, config)
+    run = setup.track and tracking.TrialRun.open(
+        setup.tracking_uri, setup.experiment_id, setup.parent_run_id, key, run_name(config),
+        params={**config, "model": setup.model, "dataset": setup.dataset, **{f"dataset.{k}": v for k, v in setup.dataset_args.items()}},
+        tags={"arm": config["arm"], "phase": config["phase"], "seed": str(config["seed"]), "sweep_id": setup.sweep_id,
+              **setup.run_tags, **train.environment()},
+    )
+    if run and run.completed:
+        # It ended after Tune's last snapshot of a driver that was then killed: hand Tune (and the
+        # searcher) what MLflow recorded instead of training it again.
+        tune.report(run.final_metrics())
+        return
+    train.setup_tensorflow(max(1, int(setup.cpu)), gpu_share=setup.gpu)
+
+    def report(metrics: dict, checkpoint_dir: str | None) -> None:
+        if run:
+            run.log_epoch(int(metrics["epoch"]), metrics)  # log first: a reported epoch is a logged one
+            if checkpoint_dir:
+                run.save_pending(checkpoint_dir)  # held back by an outage: resumed with the checkpoint
+            if train.ends_run(metrics, setup.max_epochs):
+                run.flush()  # the driver closes the run on this report: every epoch must be in by then
+        checkpoint = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        tune.report(metrics, checkpoint=checkpoint)
+
+    checkpoint = tune.get_checkpoint()
+    try:
+        with checkpoint.as_directory() if checkpoint else contextlib.nullcontext() as restore_dir:
+            if run and restore_dir:
+                run.load_pending(restore_dir)
+            train.run(config, model=setup.model, dataset=setup.dataset, dataset_args=setup.dataset_args,
+                      max_epochs=setup.max_epochs, report=report, restore_dir=restore_dir,
+                      checkpoint_every_s=setup.checkpoint_every_s, arrays=None if setup.arrays is None else ray.get(setup.arrays),
+                      keep=run.log_files if run else None)
+    finally:
+        if run and run.pending:  # stopped early by the scheduler during an outage
+            run.flush()
+
+
+@ray.remote(num_cpus=0)
+def load_dataset(name: str, loader_args: dict) -> data.Arrays:
+    return data.load(name, **loader_args)
+
+
+@ray.remote(num_cpus=0)
+def dataset_loaded(arrays: data.Arrays) -> int:
+    return len(arrays.x_train)  # small: the driver learns the load worked without fetching the data
+
+
+def trial_status(last_result: dict | None, max_epochs: int, errored: bool = False) -> str:
+    """How a trial ended, from its last reported result."""
+    last = last_result or {}
+    if errored:
+        return "failed"
+    if last.get("diverged"):
+        return "diverged"
+    if last.get("collapsed"):
+        return "collapsed"
+    return "finished" if last.get("epoch", 0) >= max_epochs else "stopped_early"
+
+
