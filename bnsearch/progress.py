@@ -73,10 +73,11 @@ class Progress:
                 "failed": sum(s in FAILURES for s in statuses)}
 
     def remaining_s(self) -> float | None:
-        """Elapsed time per ended trial times the trials still to end (None before the first ends)."""
+        """Elapsed time per ended trial times the trials still to end (None before the first ends
+        and once the last has)."""
         ended = sum(len(a.ended) for a in self.arms.values())
         total = sum(a.total for a in self.arms.values())
-        if not ended:
+        if not ended or ended >= total:
             return None
         return (time.monotonic() - self.start) / ended * max(total - ended, 0)
 

@@ -156,7 +156,9 @@ def run(sweep: Sweep, chosen: tuple[str, ...], *, dry_run: bool, storage: str | 
                         run_tags={"dry_run": str(dry_run).lower()}, verbose=verbose)
     finally:
         tracker.end_sweep(ok)
-    print(where(tracking_uri, tracker.experiment_id, tracker.parent_run_id, f"{storage}/{sweep_id}"))
+    tune_log = local / sweep_id / phases.TUNE_LOG
+    print(where(tracking_uri, tracker.experiment_id, tracker.parent_run_id, f"{storage}/{sweep_id}",
+                tune_log if tune_log.is_file() else None))
     return 0 if ok else 1
 
 
@@ -185,12 +187,12 @@ def existing_sweep(tracking_uri: str, storage: Path, experiment: str, sweep_id: 
         raise SpecError([(field, f"{error}{'; ' + hint if hint else ''}")]) from None
 
 
-def where(tracking_uri: str, experiment_id: str, parent_run_id: str, results: str) -> str:
+def where(tracking_uri: str, experiment_id: str, parent_run_id: str, results: str, tune_log: Path | None = None) -> str:
     runs = f"#/experiments/{experiment_id}/runs"
     ui = (f"mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1 --port 5000, then http://127.0.0.1:5000/{runs}"
           if not tracking_uri.startswith("http") else f"{tracking_uri}/{runs}")
     return "\n".join([
         f"\nMLflow: experiment id {experiment_id}, parent run {parent_run_id} in {tracking_uri}",
-        f"Results, Tune runs and checkpoints: {results}*",
+        f"Results, Tune runs and checkpoints: {results}*" + (f" (Tune's own output: {tune_log})" if tune_log else ""),
         f"Open the MLflow UI: {ui}",
     ])
