@@ -60,6 +60,11 @@ def test_summary_by_hand():
     assert (empty.n, empty.failure_rate) == (0, 1.0) and math.isnan(empty.mean)
 
 
+def test_an_accuracy_interval_stays_within_0_and_100():
+    s = stats.summarize([99.9, 99.95, 92.0])
+    assert s.ci_high == 100.0 and s.ci_low < s.mean
+
+
 def test_the_test_set_interval_adds_the_examples_variance_as_a_pigeonhole_bootstrap_would():
     g = rng(3)
     difficulty = g.normal(0, 1.5, 400)  # some test examples are hard for every seed

@@ -12,6 +12,7 @@ from scipy import stats
 
 ALPHA = 0.05
 NAN = float("nan")
+ACCURACY = (0.0, 100.0)  # an arm's accuracy, in points
 
 
 @contextlib.contextmanager
@@ -28,11 +29,14 @@ def finite(values) -> np.ndarray:
     return v[np.isfinite(v)]
 
 
-def t_interval(estimate: float, se: float, df: float, confidence: float) -> tuple[float, float]:
+def t_interval(estimate: float, se: float, df: float, confidence: float,
+               bounds: tuple[float, float] = (-math.inf, math.inf)) -> tuple[float, float]:
+    """Student-t interval, cut to ``bounds`` (accuracy lies in 0..100: an interval reaching past
+    100 covers nothing more by it, and no reader believes it)."""
     if not (math.isfinite(se) and df > 0):
         return NAN, NAN
     half = float(stats.t.isf((1 - confidence) / 2, df)) * se
-    return estimate - half, estimate + half
+    return max(estimate - half, bounds[0]), min(estimate + half, bounds[1])
 
 
 def example_variance(correct: np.ndarray) -> float:
@@ -79,11 +83,11 @@ def summarize(values, *, arm="", failed=0, confidence=1 - ALPHA, correct: np.nda
         return ArmSummary(arm, 0, failed, rate, *[NAN] * 8)
     mean = float(v.mean())
     sd = float(v.std(ddof=1)) if n >= 2 else NAN
-    lo, hi = t_interval(mean, sd / math.sqrt(n), n - 1, confidence) if n >= 2 else (NAN, NAN)
+    lo, hi = t_interval(mean, sd / math.sqrt(n), n - 1, confidence, ACCURACY) if n >= 2 else (NAN, NAN)
     test_lo = test_hi = NAN
     if correct is not None and n >= 2 and len(correct) == n:
         seed_part, example_part = sd * sd / n, example_variance(correct)
         df = satterthwaite([(seed_part, n - 1), (example_part, np.shape(correct)[1] - 1)])
-        test_lo, test_hi = t_interval(mean, math.sqrt(seed_part + example_part), df, confidence)
+        test_lo, test_hi = t_interval(mean, math.sqrt(seed_part + example_part), df, confidence, ACCURACY)
     return ArmSummary(arm, n, failed, rate, mean, sd, float(np.median(v)), float(stats.trim_mean(v, 0.25)),
                       float(v.min()), float(v.max()), lo, hi, test_lo, test_hi)
