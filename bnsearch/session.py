@@ -134,6 +134,10 @@ def run(sweep: Sweep, chosen: tuple[str, ...], *, dry_run: bool, storage: str | 
     else:
         tracker, sweep_id = existing_sweep(tracking_uri, local, experiment, sweep_id,
                                            "--phase", f"{chosen[0]} continues a sweep; run --phase search (or all) first")
+    if {"search", "replicate"} & set(chosen):
+        from bnsearch import trainable  # Ray starts here: the phases need it
+
+        trainable.check_dataset(sweep, address)  # before the parent run opens: a failure touches no record
     tracker.start_sweep(
         sweep_id,
         params={"model": sweep.model, "dataset": sweep.dataset, "metric": sweep.metric, "mode": sweep.mode,

@@ -192,3 +192,8 @@ def test_each_bad_input_is_one_line_and_exit_2_with_no_ray_left(tmp_path, case, 
     assert not ray_processes(ray_dir)
     if case != "worker_only_dataset":
         assert not (storage / "mlflow.db").exists()  # stopped before anything was recorded
+    else:  # the store exists (Ray and the store start before a worker can try), but no run was opened
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(f"sqlite:///{storage / 'mlflow.db'}")
+        assert not client.search_runs([e.experiment_id for e in client.search_experiments()])

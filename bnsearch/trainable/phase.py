@@ -106,6 +106,36 @@ def slots(cpu_per_trial: float, gpu_per_trial: float) -> int:
     return int(min(fits))
 
 
+def start_ray(address: str | None) -> None:
+    """Join the cluster at ``address`` (auto: the one on this machine), or start a local one."""
+    if ray.is_initialized():
+        return
+    # Ray enables token auth on a new local cluster and warns that it did, on every run: it is the
+    # safe default, nothing for the user to do (RAY_AUTH_MODE still decides).
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+    try:
+        ray.init(address=address, logging_level="WARNING", include_dashboard=False, log_to_driver=False,
+                 runtime_env={"env_vars": {"TF_CPP_MIN_LOG_LEVEL": "2"}})
+    except ConnectionError as error:  # --address auto with no cluster running here
+        raise SpecError([("--address", f"{address}: {error}")]) from None
+
+
+def _loader_args(sweep: Sweep) -> dict:
+    return {k: v for k, v in sweep.dataset_args.items() if k not in data.COMMON_PARAMETERS}
+
+
+def check_dataset(sweep: Sweep, address: str | None) -> None:
+    """Load the sweep's dataset on a worker once, before anything is recorded: a dataset only a
+    worker can load (a download) that fails ends the sweep here, as one line naming it."""
+    start_ray(address)
+    try:
+        ray.get(dataset_loaded.remote(load_dataset.remote(sweep.dataset, _loader_args(sweep))))
+    except ray.exceptions.RayTaskError as error:
+        cause = error.cause if error.cause is not None else error
+        first_line = str(cause).splitlines()[0] if str(cause) else ""
+        raise SpecError([("dataset", f"{sweep.dataset} could not be loaded on a worker: {type(cause).__name__}: {first_line}")]) from None
+
+
 def run_phase(sweep: Sweep, phase: str, *, tracker: tracking.SweepTracker, sweep_id: str, storage: str,
               address: str | None = None, run_tags: dict[str, str] | None = None,
               configs: list[dict] | None = None, track: bool = True, name: str | None = None,
@@ -124,25 +154,10 @@ def run_phase(sweep: Sweep, phase: str, *, tracker: tracking.SweepTracker, sweep
     search.quiet()
     # Frequent checkpoints are deliberate (trials resume from them); Tune's warning about them is noise.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    if not ray.is_initialized():
-        # Ray enables token auth on a new local cluster and warns that it did, on every run: it is the
-        # safe default, nothing for the user to do (RAY_AUTH_MODE still decides).
-        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
-        try:
-            ray.init(address=address, logging_level="WARNING", include_dashboard=False, log_to_driver=False,
-                     runtime_env={"env_vars": {"TF_CPP_MIN_LOG_LEVEL": "2"}})
-        except ConnectionError as error:  # --address auto with no cluster running here
-            raise SpecError([("--address", f"{address}: {error}")]) from None
+    start_ray(address)
     # Load the dataset once, in a task that needs no CPU slot (so trials start meanwhile), and
     # share it through the object store: every trial process would otherwise load its own.
-    loader_args = {k: v for k, v in sweep.dataset_args.items() if k not in data.COMMON_PARAMETERS}
-    arrays = load_dataset.remote(sweep.dataset, loader_args)
-    try:  # a dataset only a worker can load (a download): its failure ends the phase here, as one line
-        ray.get(dataset_loaded.remote(arrays))
-    except ray.exceptions.RayTaskError as error:
-        cause = error.cause if error.cause is not None else error
-        raise SpecError([("dataset", f"{sweep.dataset} could not be loaded on a worker: {type(cause).__name__}: "
-                                     f"{str(cause).splitlines()[0] if str(cause) else ''}")]) from None
+    arrays = load_dataset.remote(sweep.dataset, _loader_args(sweep))
     setup = TrialSetup(
         sweep_id=sweep_id, model=sweep.model, dataset=sweep.dataset, dataset_args=dict(sweep.dataset_args),
         max_epochs=sweep.budget.max_epochs, cpu=sweep.resources.cpu, gpu=sweep.resources.gpu, tracking_uri=tracker.tracking_uri,
