@@ -40,14 +40,18 @@ def load_sweep(path: str, dry_run: bool = False) -> Sweep:
     module = importlib.util.module_from_spec(module_spec)
     try:
         module_spec.loader.exec_module(module)
-    except SyntaxError as error:
-        raise SpecError([("sweep", f"{path}:{error.lineno}: syntax error: {error.msg}")]) from None
+    except SyntaxError as error:  # in the sweep file, or in a module it imports: name the one it is in
+        raise SpecError([("sweep", f"{error.filename or path}:{error.lineno}: syntax error: {error.msg}")]) from None
+    except SpecError:
+        raise
     except Exception as error:  # the file's own code failed: say where, not a traceback
         raise SpecError([("sweep", f"{path}{_line_in(error, file)}: loading it raised {type(error).__name__}: {error}")]) from None
     if not callable(getattr(module, "get_sweep", None)):
         raise SpecError([("sweep", f"{path} defines no get_sweep(dry_run) function")])
     try:
         sweep = module.get_sweep(dry_run)
+    except SpecError:
+        raise
     except Exception as error:
         raise SpecError([("sweep", f"{path}{_line_in(error, file)}: get_sweep() raised {type(error).__name__}: {error}")]) from None
     if not isinstance(sweep, Sweep):

@@ -65,6 +65,11 @@ def register_dataset(loader: Callable[..., Arrays] | None = None, *, downloads: 
     return register(loader) if loader else register
 
 
+def needs_worker(name: str) -> bool:
+    """Whether only a worker can load the dataset (a Keras download, or a name not registered here)."""
+    return name in _DOWNLOADS or name not in _DATASETS
+
+
 def check(name: str, options: dict) -> str | None:
     """What is wrong with a dataset, found on the driver without TensorFlow (None: nothing, or only
     a worker can tell): an offline dataset is loaded once and its split must leave training,
@@ -73,7 +78,7 @@ def check(name: str, options: dict) -> str | None:
         return None
     loader_options = {k: v for k, v in options.items() if k not in COMMON_PARAMETERS}
     try:
-        arrays = load(name, **loader_options)
+        arrays = _DATASETS[name](**loader_options)  # not cached: the driver keeps no data for the sweep
     except (OSError, ValueError, KeyError, TypeError, IndexError) as error:  # a missing file, a bad column, ...
         return f"{name} cannot be loaded: {error}"
     n = len(arrays.x_train)

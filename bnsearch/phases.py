@@ -1,6 +1,6 @@
 """Search → replicate → report, the three phases of a sweep, under one MLflow parent run.
 
-1. *search*: every arm's nuisance space searched with the same budget (trainable.py);
+1. *search*: every arm's nuisance space searched with the same budget (trainable/);
 2. *replicate*: every arm's best search configuration re-run over the seeds ``0..N-1``, the
    same seeds for every arm (paired) and disjoint from the search seeds (10000+), at the full
    epoch budget with no early stopping; look by look of the sweep's group-sequential plan, and

@@ -72,14 +72,15 @@ def preflight(sweep: Sweep, storage: str | Path, address: str | None, phases: tu
         problem = _unwritable(storage)
         if problem:
             problems.append(("--storage", problem))
-    if address and address not in ("auto", "local"):  # auto: Ray itself says at once when none runs here
+    trains = bool({"search", "replicate"} & set(phases))
+    if trains and address and address not in ("auto", "local"):  # auto: Ray itself says at once when none runs here
         host, port = address.removeprefix("ray://").rsplit(":", 1)
         try:
             socket.create_connection((host, int(port)), timeout=ADDRESS_TIMEOUT_S).close()
         except OSError as error:
             problems.append(("--address", f"no Ray cluster answers at {address} ({error.strerror or error}); start one "
                                           "with `ray start --head` or `ray up`, or leave --address out for a local one"))
-    if {"search", "replicate"} & set(phases):
+    if trains:
         from bnsearch import data
 
         problem = data.check(sweep.dataset, dict(sweep.dataset_args))
@@ -134,7 +135,9 @@ def run(sweep: Sweep, chosen: tuple[str, ...], *, dry_run: bool, storage: str | 
     else:
         tracker, sweep_id = existing_sweep(tracking_uri, local, experiment, sweep_id,
                                            "--phase", f"{chosen[0]} continues a sweep; run --phase search (or all) first")
-    if {"search", "replicate"} & set(chosen):
+    from bnsearch import data
+
+    if {"search", "replicate"} & set(chosen) and data.needs_worker(sweep.dataset):
         from bnsearch import trainable  # Ray starts here: the phases need it
 
         trainable.check_dataset(sweep, address)  # before the parent run opens: a failure touches no record
@@ -162,7 +165,7 @@ def run(sweep: Sweep, chosen: tuple[str, ...], *, dry_run: bool, storage: str | 
         tracker.end_sweep(ok)
     tune_log = local / sweep_id / phases.TUNE_LOG
     print(where(tracking_uri, tracker.experiment_id, tracker.parent_run_id, f"{storage}/{sweep_id}",
-                tune_log if tune_log.is_file() else None))
+                tune_log if tune_log.is_file() and not verbose else None))
     return 0 if ok else 1
 
 

@@ -143,7 +143,7 @@ def ray_processes(marker: str) -> list[str]:
     return found
 
 
-@pytest.mark.parametrize("case", ["not_a_sweep", "syntax_error", "raises_on_load", "raises_in_get_sweep", "unreachable_address",
+@pytest.mark.parametrize("case", ["not_a_sweep", "syntax_error", "syntax_error_in_an_import", "raises_on_load", "raises_in_get_sweep", "unreachable_address",
                                   "missing_dataset_directory", "no_training_data", "unwritable_storage", "worker_only_dataset"])
 def test_each_bad_input_is_one_line_and_exit_2_with_no_ray_left(tmp_path, case, free_port):
     import tempfile
@@ -153,10 +153,12 @@ def test_each_bad_input_is_one_line_and_exit_2_with_no_ray_left(tmp_path, case, 
     files = {
         "not_a_sweep": ("notes.py", "print('hello')\n", "notes.py defines no get_sweep(dry_run) function"),
         "syntax_error": ("broken.py", "def get_sweep(dry_run=False):\n    return Sweep(\n\nx = (]\n", "broken.py:4: syntax error"),
+        "syntax_error_in_an_import": ("uses.py", "import helper\n", "helper.py:2: syntax error"),
         "raises_on_load": ("raises.py", "import json\njson.loads('{')\n", "raises.py:2: loading it raised JSONDecodeError"),
         "raises_in_get_sweep": ("late.py", "def get_sweep(dry_run=False):\n    return 1 / 0\n",
                                 "late.py:2: get_sweep() raised ZeroDivisionError: division by zero"),
     }
+    (tmp_path / "helper.py").write_text("x = 1\ny = (]\n")
     args, expected = [], ""
     if case in files:
         name, text, expected = files[case]

@@ -37,40 +37,58 @@ class CloseTrialRuns(tune.Callback):
         self._close(trial, errored=True)
 
 
+# The running phase's progress view. Not on the callback: Tune pickles its callbacks with the
+# experiment, and a restored phase must show its own view (or none, with --verbose).
+_VIEW: progress.Progress | None = None
+_STATES = {"PENDING": "pending", "PAUSED": "pending", "RUNNING": "running"}
+
+
 class ShowProgress(tune.Callback):
-    """Driver side: feed the phase's compact progress view (:mod:`bnsearch.progress`)."""
+    """Driver side: recount the phase's progress view from Tune's trials at every step."""
 
-    def __init__(self, view: progress.Progress, metric: str, max_epochs: int):
-        self.view, self.metric, self.max_epochs = view, metric, max_epochs
+    def __init__(self, metric: str, mode: str, max_epochs: int):
+        self.metric, self.mode, self.max_epochs = metric, mode, max_epochs
 
-    def on_trial_start(self, iteration, trials, trial, **info):
-        self.view.started(trial.config["arm"], trial.trial_id)
-
-    def on_trial_result(self, iteration, trials, trial, result, **info):
-        self.view.result(trial.config["arm"], trial.trial_id, int(result.get("epoch", 0)), result.get(self.metric))
-
-    def on_trial_complete(self, iteration, trials, trial, **info):
-        self.view.ended(trial.config["arm"], trial.trial_id, trial_status(trial.last_result, self.max_epochs))
-
-    def on_trial_error(self, iteration, trials, trial, **info):
-        self.view.ended(trial.config["arm"], trial.trial_id, trial_status(None, self.max_epochs, errored=True))
+    def _states(self, trials) -> list[progress.TrialState]:
+        states = []
+        for trial in trials:
+            last = trial.last_result or {}
+            status = _STATES.get(trial.status) or trial_status(last, self.max_epochs, errored=trial.status == "ERROR")
+            best = (trial.metric_analysis.get(self.metric) or {}).get(self.mode)  # Tune's running max / min
+            states.append(progress.TrialState(trial.config["arm"], status, int(last.get("epoch", 0)), best))
+        return states
 
     def on_step_end(self, iteration, trials, **info):
-        self.view.tick()
+        if _VIEW:
+            _VIEW.update(self._states(trials))
 
     def on_experiment_end(self, trials, **info):
-        self.view.close()
+        if _VIEW:
+            _VIEW.update(self._states(trials), final=True)
 
 
 @contextlib.contextmanager
-def _tune_output(log_file: Path | None):
-    """Tune's own output (its per-trial boxes) into ``log_file``, or on the console when None."""
+def _tune_output(log_file: Path | None, view: progress.Progress | None):
+    """While a phase runs: the progress view shown, and Tune's own output (its per-trial boxes on
+    stdout, its logged errors) in ``log_file``; with no ``log_file``, Tune prints as usual."""
+    global _VIEW
     if log_file is None:
         yield
         return
     log_file.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_file, "a") as out, contextlib.redirect_stdout(out):
-        yield
+    tune_logger = logging.getLogger("ray.tune")
+    with open(log_file, "a") as out:
+        handler, propagate = logging.StreamHandler(out), tune_logger.propagate
+        tune_logger.addHandler(handler)
+        tune_logger.propagate = False  # its tracebacks would land inside the redrawn block
+        _VIEW = view
+        try:
+            with contextlib.redirect_stdout(out):
+                yield
+        finally:
+            _VIEW = None
+            tune_logger.removeHandler(handler)
+            tune_logger.propagate = propagate
 
 
 @dataclass
@@ -130,8 +148,8 @@ def check_dataset(sweep: Sweep, address: str | None) -> None:
     start_ray(address)
     try:
         ray.get(dataset_loaded.remote(load_dataset.remote(sweep.dataset, _loader_args(sweep))))
-    except ray.exceptions.RayTaskError as error:
-        cause = error.cause if error.cause is not None else error
+    except ray.exceptions.RayError as error:  # the loader raised, or its worker died (out of memory, ...)
+        cause = getattr(error, "cause", None) or error
         first_line = str(cause).splitlines()[0] if str(cause) else ""
         raise SpecError([("dataset", f"{sweep.dataset} could not be loaded on a worker: {type(cause).__name__}: {first_line}")]) from None
 
@@ -182,10 +200,7 @@ def run_phase(sweep: Sweep, phase: str, *, tracker: tracking.SweepTracker, sweep
             samples = total
         concurrency = sweep.budget.max_concurrent_trials or slots(sweep.resources.cpu, sweep.resources.gpu) or total
         callbacks = [CloseTrialRuns(tracker, sweep_id, sweep.budget.max_epochs)] if track else []
-        if log_file is not None:
-            arms = [c["arm"] for c in configs] if configs else [a for a in sweep.arms() for _ in range(sweep.budget.trials_per_arm)]
-            view = progress.Progress(phase, {arm: arms.count(arm) for arm in dict.fromkeys(arms)}, sweep.metric, sweep.mode)
-            callbacks.append(ShowProgress(view, sweep.metric, sweep.budget.max_epochs))
+        callbacks.append(ShowProgress(sweep.metric, sweep.mode, sweep.budget.max_epochs))
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
@@ -205,7 +220,9 @@ def run_phase(sweep: Sweep, phase: str, *, tracker: tracking.SweepTracker, sweep
             ),
         )
     try:
-        with _tune_output(log_file):
+        arms = [c["arm"] for c in configs] if configs else [a for a in sweep.arms() for _ in range(sweep.budget.trials_per_arm)]
+        view = progress.Progress(phase, {arm: arms.count(arm) for arm in dict.fromkeys(arms)}, sweep.metric, sweep.mode)
+        with _tune_output(log_file, view):  # the view writes to the console stdout was before
             grid = tuner.fit()
     finally:
         if track:
