@@ -21,6 +21,7 @@ from bnsearch.spec import SpecError, Sweep
 
 DEFAULT_STORAGE = "bnsearch-results"
 PACKAGES = ("bnsearch", "ray", "tensorflow", "keras", "optuna", "mlflow", "numpy", "pyarrow", "scipy")
+ADDRESS_TIMEOUT_S = 5.0  # an --address that does not answer within this is reported, not waited for
 
 
 def storage_of(value: str | None) -> str | Path:
@@ -59,9 +60,6 @@ def versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             found[name] = "not installed"
     return found
-
-
-ADDRESS_TIMEOUT_S = 5.0
 
 
 def preflight(sweep: Sweep, storage: str | Path, address: str | None, phases: tuple[str, ...]) -> None:
