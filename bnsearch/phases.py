@@ -48,6 +48,7 @@ def run(sweep: Sweep, phases: Sequence[str], *, tracker: tracking.SweepTracker, 
 
     ok = True
     log_file = None if verbose else report_dir.parent / TUNE_LOG
+    correct: dict[tuple[str, int], Any] = {}  # per-example test results, fetched once per run
     if "search" in phases and tracker.tags().get("search") == "done":
         echo("bnsearch: the search phase of this sweep is done already")
     elif "search" in phases:
@@ -63,7 +64,7 @@ def run(sweep: Sweep, phases: Sequence[str], *, tracker: tracking.SweepTracker, 
         own = report.plan_of(spec_record)  # this run's budget: the recorded plan, or seeds added to it
         beyond = own.looks[-1] > plan.looks[-1]  # seeds asked for beyond the plan: all run, reported as exploratory
         looks = [own.looks[-1]] if beyond else [n for n in plan.looks if n < own.looks[-1]] + [own.looks[-1]]
-        correct: dict[tuple[str, int], Any] = {}  # per-example results, fetched once per run
+        full_budget = sweep.replace(budget=dataclasses.replace(sweep.budget, early_stopping=False))
         for look in looks:
             done = results.finished_replicates(table)  # a second run adds seeds, never repeats one
             todo = [c for c in replicate_configs(best, look) if (c["arm"], c["seed"]) not in done]
@@ -71,7 +72,6 @@ def run(sweep: Sweep, phases: Sequence[str], *, tracker: tracking.SweepTracker, 
             echo(f"bnsearch: replicating the best configuration of {len(best)} arms, {where}: "
                  f"{len(todo)} runs to go, {len(done)} already finished")
             if todo:
-                full_budget = sweep.replace(budget=dataclasses.replace(sweep.budget, early_stopping=False))
                 # Named by the seed count: a killed driver's rerun restores this Tune run; more seeds start another.
                 outcome = trainable.run_phase(full_budget, "replicate", tracker=tracker, sweep_id=sweep_id, storage=str(storage),
                                               address=address, run_tags=run_tags, configs=todo,
@@ -89,7 +89,7 @@ def run(sweep: Sweep, phases: Sequence[str], *, tracker: tracking.SweepTracker, 
                 echo(f"bnsearch: look at {look} seeds: " + "; ".join(f"{p.label} {p.verdict}" for p in analysis.pairs)
                      + f"; going on to {plan.looks[plan.looks.index(look) + 1]} seeds")
     if "report" in phases:
-        echo(make_report(tracker, spec_record, report_dir))
+        echo(make_report(tracker, spec_record, report_dir, correct))
     return ok
 
 
@@ -122,12 +122,14 @@ def per_example(tracker: tracking.SweepTracker, table, spec_record: dict[str, An
     return out
 
 
-def make_report(tracker: tracking.SweepTracker, spec_record: dict[str, Any], out: Path) -> str:
-    """Rebuild the results table from MLflow, write and log the report; return its summary."""
+def make_report(tracker: tracking.SweepTracker, spec_record: dict[str, Any], out: Path,
+                correct: dict[tuple[str, int], Any] | None = None) -> str:
+    """Rebuild the results table from MLflow, write and log the report; return its summary.
+    ``correct``: per-example results already fetched, not fetched again."""
     table = results.from_records(tracker.trial_records())
     out.mkdir(parents=True, exist_ok=True)
     results.write(table, out / results.FILE)
-    built = report.build(table, spec_record, out, correct=per_example(tracker, table, spec_record),
+    built = report.build(table, spec_record, out, correct=per_example(tracker, table, spec_record, correct),
                          plan=planned(tracker, spec_record))
     tracker.log_files(out)
     if built.parent:

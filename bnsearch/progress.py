@@ -89,12 +89,15 @@ class Progress:
         eta = f", about {_duration(left)} left" if left is not None else ""
         return f"[{self.phase} {_duration(time.monotonic() - self.start)}{eta}] " + "; ".join(parts)
 
+    def due(self) -> bool:
+        """Whether the next update would be shown (so a caller can skip gathering the trials)."""
+        return time.monotonic() - self._shown_at >= (REDRAW_S if self.live else self.every_s)
+
     def update(self, trials: list[TrialState], *, final: bool = False) -> None:
         self.trials = list(trials)
-        now = time.monotonic()
-        if not final and now - self._shown_at < (REDRAW_S if self.live else self.every_s):
+        if not (final or self.due()):
             return
-        self._shown_at = now
+        self._shown_at = time.monotonic()
         if self.live:
             lines = self.lines()
             up = f"\x1b[{self._lines_shown}F\x1b[J" if self._lines_shown else ""  # back to the block's top, clear

@@ -169,12 +169,11 @@ def _verdicts(analysis: stats.Analysis, replicate: pd.DataFrame) -> list:
 
 
 def _plan(analysis: stats.Analysis) -> list:
-    plan, m = analysis.plan, max(len(analysis.pairs), 1)
-    two_sided, one_sided = plan.levels(analysis.alpha / m / 2), plan.levels(analysis.alpha / m)
+    plan = analysis.plan
     rows = []
-    for k, n in enumerate(plan.looks):
-        row = {"look": k + 1, "seeds per arm": n, "difference: p below": f"{2 * two_sided[k]:.2g}",
-               "equivalence: TOST p below": f"{one_sided[k]:.2g}"}
+    for k, (n, below) in enumerate(zip(plan.looks, stats.thresholds(plan, analysis.alpha, max(len(analysis.pairs), 1)))):
+        row = {"look": k + 1, "seeds per arm": n, "difference: p below": f"{below['zero']:.2g}",
+               "equivalence: TOST p below": f"{below['equivalent']:.2g}"}
         for p in analysis.pairs:
             step = p.steps[k] if k < len(p.steps) else None
             row[p.label] = ("-" if step is None else
@@ -184,9 +183,8 @@ def _plan(analysis: stats.Analysis) -> list:
     words = {"obrien_fleming": "O'Brien–Fleming", "pocock": "Pocock"}[plan.spending]
     text = (f"Looks at {', '.join(map(str, plan.looks))} seeds per arm; Lan–DeMets {words}-type α spending, boundaries "
             "from the joint normal law of the looks (scipy). A comparison closes at the first look where a claim is decided, "
-            "or, from half the plan's seeds on, where the rest of the plan has under a 10% chance to decide it (futility, "
-            "non-binding); the sweep stops "
-            "when every comparison is closed.") if len(plan.looks) > 1 else (
+            f"or, from {stats.FUTILITY_FROM:.0%} of the plan's seeds on, where the rest of the plan has under a "
+            f"{stats.FUTILITY:.0%} chance to decide it (futility, non-binding); the sweep stops when every comparison is closed.") if len(plan.looks) > 1 else (
             f"One look, at {plan.looks[0]} seeds per arm (a fixed design). A budget with `looks` makes it group-sequential.")
     if analysis.saved:
         text += f" This sweep stopped at {analysis.seeds} seeds per arm and saved {analysis.saved} per arm."

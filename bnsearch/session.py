@@ -17,11 +17,13 @@ import time
 from importlib import metadata
 from pathlib import Path
 
+from bnsearch import data
 from bnsearch.spec import SpecError, Sweep
 
 DEFAULT_STORAGE = "bnsearch-results"
 PACKAGES = ("bnsearch", "ray", "tensorflow", "keras", "optuna", "mlflow", "numpy", "pyarrow", "scipy")
 ADDRESS_TIMEOUT_S = 5.0  # an --address that does not answer within this is reported, not waited for
+TRAINING_PHASES = {"search", "replicate"}
 
 
 def storage_of(value: str | None) -> str | Path:
@@ -70,7 +72,7 @@ def preflight(sweep: Sweep, storage: str | Path, address: str | None, phases: tu
         problem = _unwritable(storage)
         if problem:
             problems.append(("--storage", problem))
-    trains = bool({"search", "replicate"} & set(phases))
+    trains = bool(TRAINING_PHASES & set(phases))
     if trains and address and address not in ("auto", "local"):  # auto: Ray itself says at once when none runs here
         host, port = address.removeprefix("ray://").rsplit(":", 1)
         try:
@@ -79,8 +81,6 @@ def preflight(sweep: Sweep, storage: str | Path, address: str | None, phases: tu
             problems.append(("--address", f"no Ray cluster answers at {address} ({error.strerror or error}); start one "
                                           "with `ray start --head` or `ray up`, or leave --address out for a local one"))
     if trains:
-        from bnsearch import data
-
         problem = data.check(sweep.dataset, dict(sweep.dataset_args))
         if problem:
             problems.append(("dataset", problem))
@@ -133,9 +133,7 @@ def run(sweep: Sweep, chosen: tuple[str, ...], *, dry_run: bool, storage: str | 
     else:
         tracker, sweep_id = existing_sweep(tracking_uri, local, experiment, sweep_id,
                                            "--phase", f"{chosen[0]} continues a sweep; run --phase search (or all) first")
-    from bnsearch import data
-
-    if {"search", "replicate"} & set(chosen) and data.needs_worker(sweep.dataset):
+    if TRAINING_PHASES & set(chosen) and data.needs_worker(sweep.dataset):
         from bnsearch import trainable  # Ray starts here: the phases need it
 
         trainable.check_dataset(sweep, address)  # before the parent run opens: a failure touches no record

@@ -24,10 +24,13 @@ from bnsearch.stats.evidence import FAILURE_TOLERANCE, Evidence, contrast_eviden
 from bnsearch.stats.power import KINDS, POWER, SEEDS_CAP, minimum_detectable_effect, seeds_needed
 from bnsearch.stats.sequential import SPENDING, Plan
 from bnsearch.stats.summaries import ALPHA, ArmSummary, summarize
-from bnsearch.stats.verdicts import CALIBRATION_DRAWS, CLAIMS, Analysis, Calibration, Data, PairResult, Step, analyze, calibrate, decide, judge
+from bnsearch.stats.verdicts import (
+    CALIBRATION_DRAWS, CLAIMS, FUTILITY, FUTILITY_FROM, Analysis, Calibration, Data, PairResult, Step, analyze, calibrate,
+    decide, judge, thresholds,
+)
 
 __all__ = [
-    "ALPHA", "CALIBRATION_DRAWS", "CLAIMS", "FAILURE_TOLERANCE", "KINDS", "POWER", "SEEDS_CAP", "SPENDING", "Analysis", "ArmSummary",
+    "ALPHA", "CALIBRATION_DRAWS", "CLAIMS", "FUTILITY", "FUTILITY_FROM", "FAILURE_TOLERANCE", "KINDS", "POWER", "SEEDS_CAP", "SPENDING", "Analysis", "ArmSummary",
     "Calibration", "Data", "Evidence", "PairResult", "Plan", "Step", "analyze", "calibrate", "contrast_evidence",
-    "decide", "expected_best", "judge", "minimum_detectable_effect", "seeds_needed", "summarize",
+    "decide", "expected_best", "judge", "minimum_detectable_effect", "seeds_needed", "summarize", "thresholds",
 ]

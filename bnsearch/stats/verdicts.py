@@ -216,11 +216,18 @@ def judge(comparison, data: Data, plan: Plan, alpha: float, family: int, *, expl
     return _result(comparison, data.head(plan.looks[len(steps) - 1]), steps, plan, alpha, family, exploratory)
 
 
+def thresholds(plan: Plan, alpha: float, family: int) -> list[dict[str, float]]:
+    """Per look, the p below which each claim is decided: alpha / family per claim, spent over the
+    looks; zero and apart are two-sided (half each way), TOST's equivalence one-sided."""
+    level = alpha / family
+    two_sided, one_sided = plan.levels(level / 2), plan.levels(level)
+    return [{"zero": 2 * two, "apart": 2 * two, "equivalent": one} for two, one in zip(two_sided, one_sided)]
+
+
 def decide(comparison, data: Data, plan: Plan, alpha: float, family: int) -> list[Step]:
     """The looks one comparison takes part in, each claim at level alpha / family; the last step
     is where it was decided, stopped for futility, or ran out of seeds or plan."""
-    level = alpha / family
-    two_sided, one_sided = plan.levels(level / 2), plan.levels(level)
+    per_look = thresholds(plan, alpha, family)
     claims = CLAIMS[comparison.kind]
     steps = []
     for k, n in enumerate(plan.looks):
@@ -228,29 +235,28 @@ def decide(comparison, data: Data, plan: Plan, alpha: float, family: int) -> lis
             break
         seen = data.head(n)
         ev = seen.evidence(comparison)
-        thresholds = {"zero": 2 * two_sided[k], "apart": 2 * two_sided[k], "equivalent": one_sided[k]}
         p = {"zero": ev.p_zero, "equivalent": ev.p_equivalent, "apart": ev.p_apart}
-        rejected = [c for c in claims if p[c] < thresholds[c]]
+        rejected = [c for c in claims if p[c] < per_look[k][c]]
         decided = "equivalent" if "equivalent" in rejected else (rejected[0] if rejected else "")
         last = k == len(plan.looks) - 1
         t = n / plan.looks[-1]
-        futile = not decided and not last and t >= FUTILITY_FROM and _futile(ev, comparison, t, two_sided[-1], one_sided[-1])
-        steps.append(Step(seen.seeds_per_arm(comparison), ev, thresholds, decided, futile))
+        futile = not decided and not last and t >= FUTILITY_FROM and _futile(ev, comparison, t, per_look[-1])
+        steps.append(Step(seen.seeds_per_arm(comparison), ev, per_look[k], decided, futile))
         if decided or futile or n >= len(data.seeds):
             break
     return steps
 
 
-def _futile(ev: Evidence, comparison, t: float, two_sided: float, one_sided: float) -> bool:
+def _futile(ev: Evidence, comparison, t: float, final: dict[str, float]) -> bool:
     """Whether every claim of the comparison has less than FUTILITY conditional power at the plan's
     last look, the effect staying as it is now (non-binding: it can only lower the error)."""
     if ev.degenerate or not (ev.se > 0):
         return False
     s, est = comparison.sesoi, ev.estimate
-    power = {"zero": conditional_power(abs(est) / ev.se, t, two_sided),
-             "apart": conditional_power((abs(est) - s) / ev.se, t, two_sided),
-             "equivalent": min(conditional_power((est + s) / ev.se, t, one_sided),
-                               conditional_power((s - est) / ev.se, t, one_sided)) if not ev.blocked else 0.0}
+    power = {"zero": conditional_power(abs(est) / ev.se, t, final["zero"] / 2),
+             "apart": conditional_power((abs(est) - s) / ev.se, t, final["apart"] / 2),
+             "equivalent": min(conditional_power((est + s) / ev.se, t, final["equivalent"]),
+                               conditional_power((s - est) / ev.se, t, final["equivalent"])) if not ev.blocked else 0.0}
     return all(power[c] < FUTILITY for c in CLAIMS[comparison.kind])
 
 

@@ -59,7 +59,7 @@ class ShowProgress(tune.Callback):
         return states
 
     def on_step_end(self, iteration, trials, **info):
-        if _VIEW:
+        if _VIEW and _VIEW.due():  # Tune steps many times a second: recount only when it will show
             _VIEW.update(self._states(trials))
 
     def on_experiment_end(self, trials, **info):
