@@ -72,6 +72,9 @@ class TrainModePass:
             moments = []
             for layer, tensor in zip(self.layers, tensors):
                 tensor = tf.cast(tensor, tf.float32)
+                if hasattr(layer, "batch_moments"):  # Ghost BN: what it normalizes with, per virtual batch
+                    moments.append(layer.batch_moments(tensor))
+                    continue
                 rank = tensor.shape.rank
                 channel = layer.axis % rank if isinstance(layer.axis, int) else layer.axis[0] % rank
                 moments.append(tf.nn.moments(tensor, [a for a in range(rank) if a != channel]))

@@ -85,6 +85,10 @@ DISTRIBUTIONS = (Uniform, LogUniform, IntUniform, Choice, ComplementLogUniform)
 # --- the hyperparameters bnsearch understands -----------------------------------------------
 
 PLACEMENTS = ("none", "before", "after")
+# The norm layer put at every placement site (bnsearch.models.norms). `group` and `layer` need
+# no batch statistics and keep no moving averages.
+NORMS = ("batch", "renorm", "ghost", "synchronized", "group", "layer")
+BATCH_FREE_NORMS = ("group", "layer")
 ACTIVATIONS = ("relu", "relu6", "sigmoid", "tanh")
 OPTIMIZERS = ("sgd", "adam")
 METRICS = {"val_accuracy": "max", "val_loss": "min", "accuracy": "max", "loss": "min"}
@@ -125,8 +129,19 @@ DEFAULTS: dict[str, Any] = {
     "lr_schedule": "constant",
     "warmup_epochs": 0,
     "bn_statistics": "precise",
+    "norm": "batch",
+    "ghost_batch_size": 32,  # Hoffer et al. 2017's virtual batch
+    "norm_groups": 32,  # Wu & He 2018
+    "renorm_rmax": 3.0,  # Ioffe 2017's clipping after its ramp
+    "renorm_dmax": 5.0,
 }
-BN_PARAMETERS = ("bn_momentum", "bn_epsilon", "bn_center", "bn_scale", "bn_statistics")
+# Parameters of the norm layers: an arm without any has none of them, neither fixed nor searched;
+# a variant's own parameters go with that variant only, and a batch-free norm has no moving
+# averages to set the momentum of or recompute.
+VARIANT_PARAMETERS = {"ghost": ("ghost_batch_size",), "group": ("norm_groups",), "renorm": ("renorm_rmax", "renorm_dmax")}
+MOVING_AVERAGE_PARAMETERS = ("bn_momentum", "bn_statistics")
+BN_PARAMETERS = ("norm", "bn_epsilon", "bn_center", "bn_scale", *MOVING_AVERAGE_PARAMETERS,
+                 *(name for names in VARIANT_PARAMETERS.values() for name in names))
 
 
 def has_bn(config: Mapping[str, Any]) -> bool:
@@ -267,15 +282,18 @@ class Sweep:
 
     def resolve(self, arm: str) -> Arm:
         """The one place an arm's configuration is decided: defaults, then model options, then
-        fixed values, then the arm's scientific values. An arm without BN has no BN parameters,
-        neither fixed nor searched."""
+        fixed values, then the arm's scientific values. Parameters that mean nothing for the
+        arm's norm (see ``VARIANT_PARAMETERS``) are dropped, neither fixed nor searched."""
         scientific = self.arms()[arm]
         config = {**DEFAULTS, **self.model_args, **self.fixed, **scientific}
-        with_bn = has_bn(config)
-        if not with_bn:
-            for name in BN_PARAMETERS:
-                config.pop(name, None)
-        nuisance = {name: dist for name, dist in self.nuisance.items() if with_bn or name not in BN_PARAMETERS}
+        norm = config["norm"] if has_bn(config) else None
+        unused = set(BN_PARAMETERS) if norm is None else set()
+        if norm is not None and "norm" not in self.nuisance:  # a searched norm may be any variant
+            unused |= {name for variant, names in VARIANT_PARAMETERS.items() if variant != norm for name in names}
+            unused |= set(MOVING_AVERAGE_PARAMETERS) if norm in BATCH_FREE_NORMS else set()
+        for name in unused:
+            config.pop(name, None)
+        nuisance = {name: dist for name, dist in self.nuisance.items() if name not in unused}
         return Arm(arm, config, nuisance)
 
     def declared_comparisons(self) -> list[Comparison]:

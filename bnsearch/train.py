@@ -125,7 +125,9 @@ def get(config: Mapping[str, Any], name: str) -> Any:
 
 def norm_from(config: Mapping[str, Any]) -> Norm:
     return Norm(placement=get(config, "bn_placement"), momentum=get(config, "bn_momentum"), epsilon=get(config, "bn_epsilon"),
-                center=get(config, "bn_center"), scale=get(config, "bn_scale"))
+                center=get(config, "bn_center"), scale=get(config, "bn_scale"), kind=get(config, "norm"),
+                ghost_batch_size=int(get(config, "ghost_batch_size")), groups=int(get(config, "norm_groups")),
+                renorm_rmax=get(config, "renorm_rmax"), renorm_dmax=get(config, "renorm_dmax"))
 
 
 def build_model(model: str, config: Mapping[str, Any], input_shape, num_classes: int):

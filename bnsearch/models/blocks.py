@@ -13,20 +13,27 @@ from typing import Callable
 
 @dataclass(frozen=True)
 class Norm:
-    """BatchNormalization settings in Keras' convention (momentum is the moving-average decay)."""
+    """Where the norm layers go and what they are: ``kind`` is a :data:`bnsearch.spec.NORMS`
+    variant (see :mod:`bnsearch.models.norms`); BN settings in Keras' convention (momentum is
+    the moving-average decay). ``ghost_batch_size`` is for ``ghost``, ``groups`` for ``group``,
+    ``renorm_rmax``/``renorm_dmax`` for ``renorm``."""
 
     placement: str = "before"
     momentum: float = 0.99
     epsilon: float = 1e-3
     center: bool = True
     scale: bool = True
+    kind: str = "batch"
+    ghost_batch_size: int = 32
+    groups: int = 32
+    renorm_rmax: float = 3.0
+    renorm_dmax: float = 5.0
 
-    def layer(self, name: str):
-        import keras
+    def layer(self, name: str, shape):
+        """The norm layer for inputs of ``shape`` (no batch axis, channels last)."""
+        from bnsearch.models.norms import make_norm  # imports Keras
 
-        return keras.layers.BatchNormalization(
-            momentum=self.momentum, epsilon=self.epsilon, center=self.center, scale=self.scale, name=name
-        )
+        return make_norm(self, name, shape)
 
 
 def layer_norm_act(x, make_layer: Callable, activation: str, norm: Norm, name: str):
@@ -36,10 +43,10 @@ def layer_norm_act(x, make_layer: Callable, activation: str, norm: Norm, name: s
 
     x = make_layer(use_bias=norm.placement != "before", name=name)(x)
     if norm.placement == "before":
-        x = norm.layer(f"{name}_bn")(x)
+        x = norm.layer(f"{name}_bn", x.shape[1:])(x)
     x = keras.layers.Activation(activation, name=f"{name}_act")(x)
     if norm.placement == "after":
-        x = norm.layer(f"{name}_bn")(x)
+        x = norm.layer(f"{name}_bn", x.shape[1:])(x)
     return x
 
 
@@ -48,4 +55,4 @@ def layer_norm(x, make_layer: Callable, norm: Norm, name: str):
     site. Its BN stays in ``before`` and ``after`` and goes, with a bias instead, in ``none``."""
     with_bn = norm.placement != "none"
     x = make_layer(use_bias=not with_bn, name=name)(x)
-    return norm.layer(f"{name}_bn")(x) if with_bn else x
+    return norm.layer(f"{name}_bn", x.shape[1:])(x) if with_bn else x

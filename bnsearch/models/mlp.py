@@ -20,6 +20,6 @@ def mlp(input_shape, num_classes: int, norm: Norm = Norm(), hidden_sizes=(32, 32
             activation, norm, name=f"dense{i}",
         )
     if output_bn:
-        x = norm.layer("output_bn")(x)
+        x = norm.layer("output_bn", x.shape[1:])(x)
     outputs = keras.layers.Dense(num_classes, name="logits")(x)
     return keras.Model(inputs, outputs, name="mlp")

@@ -1,0 +1,1 @@
+"""Models of a user's own, for the bring-your-own-model tests: ``tests.usermodels.nets:resnet``."""
