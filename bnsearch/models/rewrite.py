@@ -188,7 +188,7 @@ def rewrite(model, norm: Norm, input_shape) -> keras.Model:
         if name in site_norms:  # re-placed at its site below
             return args[0]
         if name in found.linear_norms:
-            return args[0] if norm.placement == "none" else norm.layer(name, args[0].shape[1:])(*args, **kwargs)
+            return args[0] if norm.placement == "none" else norm.layer(name, args[0].shape[1:])(args[0])
         if name == found.output_softmax and not isinstance(layer, WEIGHTED):
             return args[0]
         x = layer(*args, **kwargs)
