@@ -5,6 +5,7 @@ line per field and exit code 2, before Ray or MLflow is touched.
                                      [--address ADDR] [--tracking-uri URI] [--storage PATH] [--sweep-id ID]
     bnsearch report EXPERIMENT [--sweep-id ID] [--tracking-uri URI] [--storage PATH]
     bnsearch validate sweeps/*.py
+    bnsearch inspect sweeps/placement.py [--dry-run]     # every arm's model, before anything trains
     bnsearch server [--host 127.0.0.1] [--port 5000] [--backend-store-uri URI] [--artifacts-destination URI] [--auth]
     python sweeps/placement.py --dry-run        # the same as `bnsearch run`
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib.util
+import os
 import re
 import sys
 import traceback
@@ -121,6 +123,16 @@ def _validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _inspect(args: argparse.Namespace) -> int:
+    sweep = load_sweep(args.sweep, dry_run=args.dry_run)
+    sweep.validate()
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up notices are not what was asked
+    from bnsearch import inspection  # TensorFlow: it builds the models
+
+    print(inspection.describe(sweep))
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bnsearch", description="Fair, tracked, statistically tested BatchNorm sweeps.")
     commands = p.add_subparsers(dest="command", required=True)
@@ -157,6 +169,10 @@ def parser() -> argparse.ArgumentParser:
     validate = commands.add_parser("validate", help="check sweep files (full and dry-run sizes) without running them")
     validate.add_argument("sweeps", nargs="+")
     validate.set_defaults(func=_validate)
+    inspect = commands.add_parser("inspect", help="print every arm's model as it will be trained: placement sites, norm layers, parameters")
+    inspect.add_argument("sweep")
+    inspect.add_argument("--dry-run", action="store_true", help="the sweep's dry-run size")
+    inspect.set_defaults(func=_inspect)
     return p
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import pandas as pd
 
 from bnsearch import plots, render, results, search, stats
-from bnsearch.spec import FAILURES, SEARCH_SEED_BASE, SEARCH_SPLIT_SEED, Comparison
+from bnsearch.spec import BATCH_FREE_NORMS, FAILURES, SEARCH_SEED_BASE, SEARCH_SPLIT_SEED, Comparison
 
 BN_COLUMNS = ("bn_mode_gap", "bn_mean_shift", "bn_var_log_ratio", "bn_dead_channels", "bn_stale_stats")
 # Final test accuracy with each kind of BN statistics, beside the one the verdicts use.
@@ -201,12 +201,16 @@ def _plan(analysis: stats.Analysis) -> list:
 
 def _statistics_text(replicate: pd.DataFrame) -> str:
     """Which BN statistics the accuracies (and so the verdicts) use, per arm with BN."""
-    if "config.bn_statistics" not in replicate:
-        return "No arm has BN."
-    used = replicate.dropna(subset=["config.bn_statistics"]).groupby("config.bn_statistics")["arm"].unique()
     words = {"precise": "precise BN statistics (population statistics recomputed over training batches with the final "
                         "weights, PreciseBN)", "moving": "BN's moving averages (Keras' inference default)"}
-    return " ".join(f"Arms {', '.join(f'`{a}`' for a in arms)} are evaluated with {words.get(kind, kind)}." for kind, arms in used.items())
+    used = replicate.dropna(subset=["config.bn_statistics"]).groupby("config.bn_statistics")["arm"].unique() \
+        if "config.bn_statistics" in replicate else {}
+    sentences = [f"Arms {', '.join(f'`{a}`' for a in arms)} are evaluated with {words.get(kind, kind)}." for kind, arms in used.items()]
+    batch_free = replicate[replicate["config.norm"].isin(BATCH_FREE_NORMS)]["arm"].unique() if "config.norm" in replicate else []
+    if len(batch_free):
+        sentences.append(f"Arms {', '.join(f'`{a}`' for a in batch_free)} normalize without batch statistics "
+                         "(GroupNorm/LayerNorm): there are no moving statistics to recalibrate or diagnose.")
+    return " ".join(sentences) or "No arm has BN."
 
 
 def _evaluations(replicate: pd.DataFrame, arms: list[str]) -> list:

@@ -54,6 +54,10 @@ def from_records(records: list[dict[str, Any]]) -> pd.DataFrame:
     table = pd.DataFrame(rows)
     if table.empty:
         return pd.DataFrame(columns=[*IDENTITY, "epoch"])
+    # Whole-number parameters stay whole where other arms lack them (a column with gaps is float otherwise).
+    whole = {k for r in rows for k, v in r.items() if k.startswith("config.") and type(v) is int}
+    for name in whole - {k for r in rows for k, v in r.items() if k in whole and type(v) is not int}:
+        table[name] = table[name].astype("Int64")
     front = [*IDENTITY, "epoch"]
     metrics = sorted(c for c in table.columns if c not in front and not c.startswith("config."))
     configs = sorted(c for c in table.columns if c.startswith("config."))
@@ -145,7 +149,7 @@ def searched_config(row: pd.Series) -> dict[str, Any]:
 
 
 def missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and value != value)
+    return value is None or value is pd.NA or (isinstance(value, float) and value != value)
 
 
 def _config_value(value: Any) -> Any:

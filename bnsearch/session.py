@@ -18,6 +18,7 @@ from importlib import metadata
 from pathlib import Path
 
 from bnsearch import data
+from bnsearch.models.registry import is_import_path
 from bnsearch.spec import SpecError, Sweep
 
 DEFAULT_STORAGE = "bnsearch-results"
@@ -66,7 +67,8 @@ def versions() -> dict[str, str]:
 
 def preflight(sweep: Sweep, storage: str | Path, address: str | None, phases: tuple[str, ...]) -> None:
     """What only the driver's machine can check, before Ray starts or anything is recorded: the
-    storage can be written, the Ray address answers, an offline dataset loads and splits."""
+    storage can be written, the Ray address answers, an offline dataset loads and splits, and a
+    model of yours can be rewritten for every arm on it."""
     problems = []
     if isinstance(storage, Path):
         problem = _unwritable(storage)
@@ -84,6 +86,13 @@ def preflight(sweep: Sweep, storage: str | Path, address: str | None, phases: tu
         problem = data.check(sweep.dataset, dict(sweep.dataset_args))
         if problem:
             problems.append(("dataset", problem))
+        elif is_import_path(sweep.model) and not data.needs_worker(sweep.dataset):
+            from bnsearch import inspection  # TensorFlow, for a model of yours only: it is rewritten per arm here
+
+            try:
+                inspection.check_models(sweep)
+            except SpecError as error:
+                problems.extend(error.problems)
     if problems:
         raise SpecError(problems)
 

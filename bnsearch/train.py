@@ -34,6 +34,7 @@ import tensorflow as tf
 from bnsearch import data as datasets
 from bnsearch import diagnostics, results
 from bnsearch.models import Norm, create_model, model_parameters
+from bnsearch.models.norms import NORM_LAYERS
 from bnsearch.precise_bn import TrainModePass, bn_layers, input_spec, precise_statistics, recalibration_batches
 from bnsearch.spec import DEFAULTS
 
@@ -282,11 +283,17 @@ class Evaluator:
 
     def __init__(self, model, splits: datasets.Splits, batch_size: int, image_size: int | None, statistics: str):
         self.model, self.statistics = model, statistics
+        self.files: dict[str, bytes] = {}
         self.sets = {name: (datasets.tf_dataset(*data, batch_size, image_size=image_size), data[1])
                      for name, data in (("val", splits.validation), ("test", splits.test))}
         self.passes = TrainModePass(model) if bn_layers(model) else None
+        # GroupNorm/LayerNorm keep no moving statistics: nothing to recalibrate or diagnose, and each run says so.
+        batch_free = [layer.name for layer in model.layers if isinstance(layer, NORM_LAYERS)] if not self.passes else []
+        if batch_free:
+            self.files[BN_LAYERS_FILE] = json.dumps({"skipped": f"{len(batch_free)} norm layers without moving statistics "
+                                                                "(GroupNorm/LayerNorm): no precise recalibration, no BN diagnostics",
+                                                     "layers": batch_free}, indent=1).encode()
         self.recalibration = recalibration_batches(*splits.train, batch_size, image_size) if self.passes else None
-        self.files: dict[str, bytes] = {}
         # One trace for every evaluation, whatever a split's last batch holds (Keras' predict
         # traced MobileNetV2 again for the test set's last batch: 9 s).
         self.infer = tf.function(lambda x: model(x, training=False), input_signature=[input_spec(model)])

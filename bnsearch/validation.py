@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import Any, Callable
 
 from bnsearch.spec import (
-    ACTIVATIONS, DEFAULTS, DISTRIBUTIONS, METRICS, OPTIMIZERS, PLACEMENTS, QUESTION_KINDS, REPORT_METRICS, SAMPLERS,
+    ACTIVATIONS, DEFAULTS, DISTRIBUTIONS, METRICS, NORMS, OPTIMIZERS, PLACEMENTS, QUESTION_KINDS, REPORT_METRICS, SAMPLERS,
     BN_STATISTICS, LR_SCHEDULES, Choice, Comparison, ComplementLogUniform, IntUniform, LogUniform, Sweep,
 )
 from bnsearch.stats.sequential import SPENDING
@@ -54,6 +54,11 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "lr_schedule": _one_of(LR_SCHEDULES),
     "warmup_epochs": _check(lambda v: _is_real(v) and v >= 0, "a number of epochs >= 0"),
     "bn_statistics": _one_of(BN_STATISTICS),
+    "norm": _one_of(NORMS),
+    "ghost_batch_size": _check(lambda v: _is_int(v) and v >= 2, "a whole number of examples >= 2"),
+    "norm_groups": _check(lambda v: _is_int(v) and v >= 1, "a whole number >= 1"),
+    "renorm_rmax": _check(lambda v: _is_real(v) and v >= 1, "a number >= 1 (r is clipped to [1/rmax, rmax])"),
+    "renorm_dmax": _check(lambda v: _is_real(v) and v >= 0, "a number >= 0"),
     "activation": _one_of(ACTIVATIONS),
     "output_bn": _BOOL,
     "hidden_sizes": _SIZES,
@@ -69,13 +74,22 @@ def problems(sweep: Sweep):
     # imports a framework at import time.
     from bnsearch.data import dataset_parameters, list_datasets
     from bnsearch.models import list_models, model_parameters
+    from bnsearch.models.registry import import_model, is_import_path
 
     if not isinstance(sweep.name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", sweep.name):
         yield "name", f"must be letters, digits, '_', '-' or '.', got {sweep.name!r}"
 
     model_ok = sweep.model in list_models()
-    if not model_ok:
-        yield "model", f"unknown model {sweep.model!r}; known: {', '.join(list_models())}"
+    if is_import_path(sweep.model):
+        try:
+            import_model(sweep.model)
+            model_ok = True
+        except Exception as error:  # the user's module failed to import, or has no such name
+            yield "model", (f"cannot import {sweep.model!r} ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}); "
+                            "a model of yours must be importable on every node: pip install its package, or put it on PYTHONPATH")
+    elif not model_ok:
+        yield "model", (f"unknown model {sweep.model!r}; known: {', '.join(list_models())}, "
+                        "or your own by import path, package.module:name")
     if sweep.dataset not in list_datasets():
         yield "dataset", f"unknown dataset {sweep.dataset!r}; known: {', '.join(list_datasets())}"
     else:

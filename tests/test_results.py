@@ -94,3 +94,14 @@ def test_per_example_results_pack_a_bit_per_example():
     packed = results.pack_correct(correct)
     assert len(packed) < 2000 / 8 + 600  # a bit per example, and the .npz container
     assert (results.unpack_correct(packed) == correct).all()
+
+
+def test_a_whole_number_parameter_only_some_arms_have_stays_whole(tmp_path):
+    records = [record("search", "ghost", 0, "finished", [0.5, 0.6, 0.7], 1e-3, ghost_batch_size=16, bn_epsilon=0.001),
+               record("search", "none", 0, "finished", [0.5, 0.6, 0.8], 1e-3)]
+    table = results.from_records(records)
+    best = results.best_configs(table, ["ghost", "none"], "val_accuracy", "max")
+    assert type(best["ghost"]["ghost_batch_size"]) is int and best["ghost"]["ghost_batch_size"] == 16
+    assert "ghost_batch_size" not in best["none"] and best["ghost"]["bn_epsilon"] == 0.001
+    table.to_parquet(tmp_path / "t.parquet")  # nullable integers survive the store
+    assert results.config_of(pd.read_parquet(tmp_path / "t.parquet").iloc[0])["ghost_batch_size"] == 16

@@ -15,9 +15,12 @@ from ray import tune
 from ray.tune.schedulers import FIFOScheduler
 
 from bnsearch import data, progress, search, tracking
+from bnsearch.models.registry import is_import_path
 from bnsearch.spec import FAILURES, SpecError, Sweep
 from bnsearch.trainable.searchers import ArmScheduler, ArmSearcher, FixedConfigs
-from bnsearch.trainable.trial import TrialSetup, load_dataset, dataset_loaded, run_name, train_trial, trial_key, trial_status
+from bnsearch.trainable.trial import (
+    TrialSetup, dataset_loaded, load_dataset, model_problems, run_name, train_trial, trial_key, trial_status,
+)
 
 
 class CloseTrialRuns(tune.Callback):
@@ -144,7 +147,8 @@ def _loader_args(sweep: Sweep) -> dict:
 
 def check_dataset(sweep: Sweep, address: str | None) -> None:
     """Load the sweep's dataset on a worker once, before anything is recorded: a dataset only a
-    worker can load (a download) that fails ends the sweep here, as one line naming it."""
+    worker can load (a download) that fails ends the sweep here, as one line naming it; so does
+    a model of yours that cannot be built for an arm on it."""
     start_ray(address)
     try:
         ray.get(dataset_loaded.remote(load_dataset.remote(sweep.dataset, _loader_args(sweep))))
@@ -152,6 +156,10 @@ def check_dataset(sweep: Sweep, address: str | None) -> None:
         cause = getattr(error, "cause", None) or error
         first_line = str(cause).splitlines()[0] if str(cause) else ""
         raise SpecError([("dataset", f"{sweep.dataset} could not be loaded on a worker: {type(cause).__name__}: {first_line}")]) from None
+    if is_import_path(sweep.model):
+        problems = ray.get(model_problems.remote(sweep))
+        if problems:
+            raise SpecError(problems)
 
 
 def run_phase(sweep: Sweep, phase: str, *, tracker: tracking.SweepTracker, sweep_id: str, storage: str,

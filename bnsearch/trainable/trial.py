@@ -12,6 +12,7 @@ import ray
 from ray import tune
 
 from bnsearch import data, tracking
+from bnsearch.spec import SpecError, Sweep
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,18 @@ def load_dataset(name: str, loader_args: dict) -> data.Arrays:
 @ray.remote(num_cpus=0)
 def dataset_loaded(arrays: data.Arrays) -> int:
     return len(arrays.x_train)  # small: the driver learns the load worked without fetching the data
+
+
+@ray.remote(num_cpus=0)
+def model_problems(sweep: Sweep) -> list[tuple[str, str]]:
+    """Every arm's model built where the dataset loads (for a dataset only a worker can load)."""
+    from bnsearch import inspection
+
+    try:
+        inspection.check_models(sweep)
+    except SpecError as error:
+        return error.problems  # not the error: SpecError does not survive pickling
+    return []
 
 
 def trial_status(last_result: dict | None, max_epochs: int, errored: bool = False) -> str:

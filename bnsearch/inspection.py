@@ -1,0 +1,61 @@
+"""Every arm's model as it will be trained, before any trial starts (``bnsearch inspect``).
+
+The models are built by the trials' own code (:func:`bnsearch.train.build_model`) from each
+arm's resolved configuration, on the dataset's input shape, with searched values at their
+defaults; a model of yours that cannot be rewritten is refused here, on the driver, naming the
+layer or reason. Imports TensorFlow: only commands that build models load this module.
+"""
+
+from __future__ import annotations
+
+from bnsearch import data
+from bnsearch.spec import BATCH_FREE_NORMS, SpecError, Sweep
+
+
+def dataset_shape(sweep: Sweep) -> tuple[tuple[int, ...], int]:
+    """The input shape the models see (after ``image_size``) and the number of classes."""
+    options = {k: v for k, v in sweep.dataset_args.items() if k not in data.COMMON_PARAMETERS}
+    arrays = data.load(sweep.dataset, **options)
+    image_size = sweep.dataset_args.get("image_size", data.COMMON_PARAMETERS["image_size"])
+    return data.resized_shape(arrays.input_shape, image_size), arrays.num_classes
+
+
+def arm_models(sweep: Sweep, input_shape, num_classes: int) -> dict:
+    """Arm name → its Keras model; :class:`SpecError` naming the arm if one cannot be built."""
+    from bnsearch.models.rewrite import RewriteError
+    from bnsearch.train import build_model
+
+    models = {}
+    for arm in sweep.arms():
+        try:
+            models[arm] = build_model(sweep.model, sweep.resolve(arm).config, input_shape, num_classes)
+        except RewriteError as error:
+            raise SpecError([("model", f"{sweep.model} cannot be rewritten for arm {arm!r}: {error}")]) from None
+    return models
+
+
+def check_models(sweep: Sweep) -> None:
+    """A model of yours is built for every arm on the driver; refused with one line if it cannot be."""
+    arm_models(sweep, *dataset_shape(sweep))
+
+
+def describe(sweep: Sweep) -> str:
+    """What ``bnsearch inspect`` prints: per arm, its placement sites in layer order, the norm
+    layers and their settings, the parameter count, and what is searched."""
+    from bnsearch.models.rewrite import describe as sites
+
+    input_shape, num_classes = dataset_shape(sweep)
+    lines = [f"{sweep.name}: {sweep.model} on {sweep.dataset}, inputs {input_shape}, {num_classes} classes"]
+    for arm, model in arm_models(sweep, input_shape, num_classes).items():
+        resolved = sweep.resolve(arm)
+        trainable = sum(int(w.numpy().size) for w in model.trainable_weights)
+        lines += ["", f"arm {arm}: {model.count_params():,} parameters ({trainable:,} trainable)"]
+        lines += [f"  {line}" for line in sites(model)] or ["  no placement sites"]
+        norm = resolved.config.get("norm")
+        if norm in BATCH_FREE_NORMS:
+            lines.append(f"  {norm} norm keeps no moving statistics: no precise recalibration, no BN diagnostics")
+        elif norm:
+            lines.append(f"  evaluated with {resolved.config['bn_statistics']} BN statistics")
+        if resolved.nuisance:
+            lines.append(f"  searched per arm (shown at their defaults): {', '.join(resolved.nuisance)}")
+    return "\n".join(lines)
