@@ -94,6 +94,11 @@ def test_a_good_spec_validates():
         ({"comparisons": [Comparison("before", "none", sesoi=0)]}, "comparisons[0].sesoi", "number > 0 (accuracy points)"),
         ({"comparisons": [("before", "none")]}, "comparisons[0]", "must be a Comparison"),
         ({"report_metric": "val_loss"}, "report_metric", "one of test_accuracy"),
+        ({"fixed": {"norm": "instance"}}, "fixed.norm", "one of batch, renorm, ghost, synchronized, group, layer"),
+        ({"fixed": {"norm": "ghost", "ghost_batch_size": 1}}, "fixed.ghost_batch_size", "a whole number of examples >= 2"),
+        ({"fixed": {"norm_groups": 0}}, "fixed.norm_groups", "a whole number >= 1"),
+        ({"fixed": {"renorm_rmax": 0.5}}, "fixed.renorm_rmax", "a number >= 1"),
+        ({"model": "tests.usermodels.nets:nothing"}, "model", "cannot import 'tests.usermodels.nets:nothing' (AttributeError"),
     ],
 )
 def test_each_bad_value_gets_one_line_naming_the_field(changes, field, message):
@@ -126,6 +131,27 @@ def test_arms_and_conditional_bn_parameters():
     assert set(none.nuisance) == {"learning_rate"}  # no BN, no BN parameters
     assert "bn_momentum" not in none.config and "bn_statistics" not in none.config
     assert before.config["bn_momentum"] == 0.99 and before.config["bn_statistics"] == "precise"
+
+
+def test_each_norm_variant_keeps_only_the_parameters_it_has():
+    sweep = base(scientific={"norm": ("batch", "ghost", "group")}, fixed={"ghost_batch_size": 16},
+                 nuisance={"learning_rate": LogUniform(1e-4, 1e-1), "norm_groups": Choice((4, 8))})
+    batch, ghost, group = (sweep.resolve(arm) for arm in ("batch", "ghost", "group"))
+    assert "ghost_batch_size" not in batch.config and ghost.config["ghost_batch_size"] == 16
+    assert set(group.nuisance) == {"learning_rate", "norm_groups"} and "norm_groups" not in ghost.nuisance
+    # a batch-free norm has no moving averages: no momentum, nothing to recompute
+    assert "bn_momentum" not in group.config and "bn_statistics" not in group.config
+    assert group.config["bn_epsilon"] == 1e-3 and ghost.config["bn_statistics"] == "precise"
+    # a searched norm may turn out to be any variant: every variant's parameters stay
+    searched = base(nuisance={"norm": Choice(("batch", "ghost"))}, fixed={"ghost_batch_size": 16}).resolve("before")
+    assert searched.config["ghost_batch_size"] == 16 and "norm" in searched.nuisance
+    assert "norm" not in base().resolve("none").config
+
+
+def test_a_model_by_import_path_takes_its_builders_options():
+    sweep = base(model="tests.usermodels.nets:resnet", model_args={"width": 4})
+    assert sweep.validate() is None
+    assert "fixed.depth" in problems(sweep.replace(fixed={"depth": 2}))
 
 
 def test_an_arm_whose_only_bn_is_before_the_output_searches_bn_parameters():

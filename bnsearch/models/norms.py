@@ -10,7 +10,8 @@
   inference and the moving averages are plain BN's (the moving averages follow the mean of the
   virtual batches' statistics, which is what training normalizes with).
 - ``synchronized``: Keras' cross-replica BN (``synchronized=True``): statistics over the global
-  batch under a ``tf.distribute`` strategy; the same as ``batch`` on one device.
+  batch under a ``tf.distribute`` strategy; the same as ``batch`` on one device, which is
+  what a trial runs on today.
 - ``group``: GroupNorm (Wu & He 2018) with ``gcd(norm_groups, channels)`` groups, so any
   channel count works (Wu & He's 32 when it divides), fewer where a group would normalize fewer
   than ``MIN_GROUP_VALUES`` values (a Dense layer's 32 units in 32 groups would each be
