@@ -89,6 +89,14 @@ def check(name: str, options: dict) -> str | None:
     return None
 
 
+def shape(name: str, options: dict) -> tuple[tuple[int, ...], int]:
+    """The input shape a model sees (after ``image_size``) and the number of classes, loaded
+    once and not kept (the driver keeps no data for the sweep)."""
+    loader_options = {k: v for k, v in options.items() if k not in COMMON_PARAMETERS}
+    arrays = _DATASETS[name](**loader_options)
+    return resized_shape(tuple(np.shape(arrays.x_train)[1:]), options.get("image_size")), int(arrays.num_classes)
+
+
 def list_datasets() -> list[str]:
     return sorted(_DATASETS)
 

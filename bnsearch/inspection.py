@@ -8,20 +8,19 @@ layer or reason. Imports TensorFlow: only commands that build models load this m
 
 from __future__ import annotations
 
+import math
+
 from bnsearch import data
 from bnsearch.spec import BATCH_FREE_NORMS, SpecError, Sweep
 
 
 def dataset_shape(sweep: Sweep) -> tuple[tuple[int, ...], int]:
     """The input shape the models see (after ``image_size``) and the number of classes."""
-    options = {k: v for k, v in sweep.dataset_args.items() if k not in data.COMMON_PARAMETERS}
-    arrays = data.load(sweep.dataset, **options)
-    image_size = sweep.dataset_args.get("image_size", data.COMMON_PARAMETERS["image_size"])
-    return data.resized_shape(arrays.input_shape, image_size), arrays.num_classes
+    return data.shape(sweep.dataset, dict(sweep.dataset_args))
 
 
 def arm_models(sweep: Sweep, input_shape, num_classes: int) -> dict:
-    """Arm name → its Keras model; :class:`SpecError` naming the arm if one cannot be built."""
+    """Arm name → its Keras model; :class:`SpecError` in one line if one cannot be built."""
     from bnsearch.models.rewrite import RewriteError
     from bnsearch.train import build_model
 
@@ -29,8 +28,9 @@ def arm_models(sweep: Sweep, input_shape, num_classes: int) -> dict:
     for arm in sweep.arms():
         try:
             models[arm] = build_model(sweep.model, sweep.resolve(arm).config, input_shape, num_classes)
-        except RewriteError as error:
-            raise SpecError([("model", f"{sweep.model} cannot be rewritten for arm {arm!r}: {error}")]) from None
+        except Exception as error:  # the user's builder raised, or its model cannot be rewritten: say so, not a traceback
+            detail = str(error) if isinstance(error, RewriteError) else f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+            raise SpecError([("model", f"{sweep.model} cannot be used: {detail}")]) from None
     return models
 
 
@@ -48,7 +48,7 @@ def describe(sweep: Sweep) -> str:
     lines = [f"{sweep.name}: {sweep.model} on {sweep.dataset}, inputs {input_shape}, {num_classes} classes"]
     for arm, model in arm_models(sweep, input_shape, num_classes).items():
         resolved = sweep.resolve(arm)
-        trainable = sum(int(w.numpy().size) for w in model.trainable_weights)
+        trainable = sum(math.prod(w.shape) for w in model.trainable_weights)
         lines += ["", f"arm {arm}: {model.count_params():,} parameters ({trainable:,} trainable)"]
         lines += [f"  {line}" for line in sites(model)] or ["  no placement sites"]
         norm = resolved.config.get("norm")

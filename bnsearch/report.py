@@ -396,7 +396,7 @@ def _p(value: float) -> str:
 
 
 def _fmt(value: Any) -> Any:
-    if isinstance(value, float):
-        return "-" if math.isnan(value) else f"{value:.4g}"
-    return value
+    if results.missing(value):
+        return "-"
+    return f"{value:.4g}" if isinstance(value, float) else value
 

@@ -55,8 +55,11 @@ def from_records(records: list[dict[str, Any]]) -> pd.DataFrame:
     if table.empty:
         return pd.DataFrame(columns=[*IDENTITY, "epoch"])
     # Whole-number parameters stay whole where other arms lack them (a column with gaps is float otherwise).
-    whole = {k for r in rows for k, v in r.items() if k.startswith("config.") and type(v) is int}
-    for name in whole - {k for r in rows for k, v in r.items() if k in whole and type(v) is not int}:
+    kinds: dict[str, set] = {}
+    for record in records:
+        for k, v in record["params"].items():
+            kinds.setdefault(f"config.{k}", set()).add(type(v))
+    for name in [c for c, types in kinds.items() if types == {int} and c in table and table[c].isna().any()]:
         table[name] = table[name].astype("Int64")
     front = [*IDENTITY, "epoch"]
     metrics = sorted(c for c in table.columns if c not in front and not c.startswith("config."))

@@ -290,9 +290,8 @@ class Evaluator:
         # GroupNorm/LayerNorm keep no moving statistics: nothing to recalibrate or diagnose, and each run says so.
         batch_free = [layer.name for layer in model.layers if isinstance(layer, NORM_LAYERS)] if not self.passes else []
         if batch_free:
-            self.files[BN_LAYERS_FILE] = json.dumps({"skipped": f"{len(batch_free)} norm layers without moving statistics "
-                                                                "(GroupNorm/LayerNorm): no precise recalibration, no BN diagnostics",
-                                                     "layers": batch_free}, indent=1).encode()
+            why = "no moving statistics (GroupNorm/LayerNorm): no precise recalibration, no BN diagnostics"
+            self.files[BN_LAYERS_FILE] = json.dumps([{"layer": name, "skipped": why} for name in batch_free], indent=1).encode()
         self.recalibration = recalibration_batches(*splits.train, batch_size, image_size) if self.passes else None
         # One trace for every evaluation, whatever a split's last batch holds (Keras' predict
         # traced MobileNetV2 again for the test set's last batch: 9 s).

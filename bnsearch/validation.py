@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 from bnsearch.spec import (
     ACTIVATIONS, DEFAULTS, DISTRIBUTIONS, METRICS, NORMS, OPTIMIZERS, PLACEMENTS, QUESTION_KINDS, REPORT_METRICS, SAMPLERS,
-    BN_STATISTICS, LR_SCHEDULES, Choice, Comparison, ComplementLogUniform, IntUniform, LogUniform, Sweep,
+    BN_PARAMETERS, BN_STATISTICS, LR_SCHEDULES, Choice, Comparison, ComplementLogUniform, IntUniform, LogUniform, Sweep,
 )
 from bnsearch.stats.sequential import SPENDING
 
@@ -209,8 +209,17 @@ def _evaluation_problems(sweep: Sweep):
         arms = [sweep.resolve(arm) for arm in sweep.arms()]
     except (TypeError, KeyError):  # malformed arms, reported elsewhere
         return
+    def momentum_matters(arm) -> bool:  # beyond the moving averages: renorm trains with it
+        return arm.config.get("bn_statistics") != "precise" or arm.config.get("norm") == "renorm" or "norm" in sweep.nuisance
+
+    for section in ("scientific", "fixed", "nuisance"):
+        for name in getattr(sweep, section):
+            if name in BN_PARAMETERS and not any(name in a.config or name in a.nuisance for a in arms):
+                norms = sorted({str(a.config.get("norm", "none")) for a in arms})
+                yield f"{section}.{name}", f"means nothing for any arm's norm ({', '.join(norms)}): remove it"
     for section in ("scientific", "nuisance"):
-        if "bn_momentum" in getattr(sweep, section) and any(a.config.get("bn_statistics") == "precise" for a in arms):
+        kept = [a for a in arms if "bn_momentum" in a.config]
+        if "bn_momentum" in getattr(sweep, section) and kept and not any(momentum_matters(a) for a in kept):
             yield f"{section}.bn_momentum", ("cannot change a result evaluated with bn_statistics='precise' (momentum only "
                                              "moves the moving averages, which precise evaluation recomputes): remove it, or "
                                              "set fixed={'bn_statistics': 'moving'}")

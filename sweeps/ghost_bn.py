@@ -7,7 +7,7 @@ precise statistics; Ghost BN's are its virtual batches' (what it trained with).
 Command:  ray submit cluster/gpu.yaml sweeps/ghost_bn.py
           python sweeps/ghost_bn.py --dry-run      (digits, 2 CPUs, a few minutes)
 Cost:     full: 2 arms x (16 search trials + 10 seeds) x <= 30 epochs of MobileNetV2-0.5 on
-          CIFAR-10 (49 steps an epoch at batch 1024), about 10 GPU-hours before early stopping;
+          CIFAR-10 (44 steps an epoch at batch 1024), about 10 GPU-hours before early stopping;
           dry run: 2 arms x (2 trials + 3 seeds) x <= 6 epochs of a small convnet on digits at
           batch 128 with virtual batches of 16.
 Compares: ghost vs batch, a difference of test accuracy (two-sided).

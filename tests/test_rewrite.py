@@ -101,11 +101,11 @@ def test_a_subclassed_model_is_refused_with_the_reason():
 def test_nested_shared_and_hidden_norms_are_refused_naming_the_layer():
     inner = nets.resnet(SHAPE, 10)
     x = keras.Input(SHAPE)
-    with pytest.raises(RewriteError, match="'resnet' is a nested model"):
+    with pytest.raises(RewriteError, match=r"'resnet' \(Functional\) is a nested model"):
         rewrite(keras.Model(x, inner(x)), Norm("after"), SHAPE)
     dense = keras.layers.Dense(4, name="shared")
     x = keras.Input((4,))
-    with pytest.raises(RewriteError, match="'shared' is used 2 times"):
+    with pytest.raises(RewriteError, match=r"'shared' \(Dense\) is used 2 times"):
         rewrite(keras.Model(x, dense(dense(x))), Norm("after"), (4,))
 
     class Block(keras.layers.Layer):
@@ -117,7 +117,7 @@ def test_nested_shared_and_hidden_norms_are_refused_naming_the_layer():
             return self.bn(x)
 
     x = keras.Input((4,))
-    with pytest.raises(RewriteError, match="'block' .* holds norm layers"):
+    with pytest.raises(RewriteError, match=r"'block' \(Block\) holds norm layers"):
         rewrite(keras.Model(x, Block(name="block")(x)), Norm("after"), (4,))
 
 
@@ -130,3 +130,40 @@ def test_describe_names_every_site_in_layer_order_with_its_settings():
     lines = describe(create_model("tests.usermodels.nets:resnet", SHAPE, 10, Norm("before", kind="ghost", ghost_batch_size=8)))
     assert lines[0] == "stem: Conv2D(no bias) → GhostBN(virtual batch 8, momentum 0.99, ε 0.001) → ReLU"
     assert any(line.startswith("block1_proj_bn: GhostBN") and "no activation next to it" in line for line in lines)
+
+
+def refused(build, message, shape=SHAPE):
+    x = keras.Input(shape)
+    with pytest.raises(RewriteError, match=message):
+        rewrite(keras.Model(x, build(x)), Norm("after"), shape)
+
+
+def test_a_norm_that_follows_a_site_only_through_pooling_or_beside_another_consumer_is_refused():
+    L = keras.layers
+    refused(lambda x: L.Dense(10)(L.Flatten()(L.BatchNormalization(name="bn")(L.MaxPooling2D(name="pool")(
+        L.Conv2D(4, 3, activation="relu", name="conv")(x))))), "'bn' follows the placement site 'conv' through pool")
+
+    def beside(x):
+        act = L.ReLU(name="act")(L.Conv2D(4, 3, name="conv")(x))
+        return L.Dense(10)(L.Flatten()(L.Concatenate()([L.BatchNormalization(name="bn")(act), act])))
+    refused(beside, "'bn' follows the placement site 'conv' beside another layer using its output")
+
+
+def test_keras_ops_activations_channels_first_and_non_softmax_heads_are_refused():
+    L = keras.layers
+    refused(lambda x: L.Dense(10)(L.Flatten()(keras.ops.relu(L.BatchNormalization()(L.Conv2D(4, 3)(x))))),
+            r"is a keras.ops activation, not a layer")
+    refused(lambda x: L.Dense(10)(L.Flatten()(L.BatchNormalization(axis=1)(L.Conv2D(4, 3, data_format="channels_first")(x)))),
+            "is channels-first", shape=(1, 8, 8))
+    refused(lambda x: L.Dense(10, activation="sigmoid", name="head")(L.Flatten()(x)), "the output layer 'head' applies sigmoid")
+
+
+def test_a_second_norm_right_after_a_site_stays_and_a_fused_activation_gets_a_free_name():
+    L = keras.layers
+    x = keras.Input((6,))
+    d = L.Dense(8, activation="relu", name="d")(x)
+    taken = L.Dense(8, name="d_act")(d)  # the name the split-out activation would take
+    model = keras.Model(x, L.Dense(3)(L.BatchNormalization(name="output_bn")(L.Activation("relu")(L.BatchNormalization()(taken)))))
+    rewritten = rewrite(model, Norm("after"), (6,))
+    assert "d_act1" in [layer.name for layer in rewritten.layers]
+    assert "output_bn" in anatomy(rewritten).linear_norms

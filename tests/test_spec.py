@@ -96,9 +96,13 @@ def test_a_good_spec_validates():
         ({"report_metric": "val_loss"}, "report_metric", "one of test_accuracy"),
         ({"fixed": {"norm": "instance"}}, "fixed.norm", "one of batch, renorm, ghost, synchronized, group, layer"),
         ({"fixed": {"norm": "ghost", "ghost_batch_size": 1}}, "fixed.ghost_batch_size", "a whole number of examples >= 2"),
-        ({"fixed": {"norm_groups": 0}}, "fixed.norm_groups", "a whole number >= 1"),
-        ({"fixed": {"renorm_rmax": 0.5}}, "fixed.renorm_rmax", "a number >= 1"),
+        ({"fixed": {"norm": "group", "norm_groups": 0}}, "fixed.norm_groups", "a whole number >= 1"),
+        ({"fixed": {"norm": "renorm", "renorm_rmax": 0.5}}, "fixed.renorm_rmax", "a number >= 1"),
         ({"model": "tests.usermodels.nets:nothing"}, "model", "cannot import 'tests.usermodels.nets:nothing' (AttributeError"),
+        ({"scientific": {"ghost_batch_size": (8, 16)}, "fixed": {"norm": "group"}}, "scientific.ghost_batch_size",
+         "means nothing for any arm's norm (group): remove it"),
+        ({"fixed": {"norm": "layer"}, "nuisance": {"bn_momentum": ComplementLogUniform(0.9, 0.99)}}, "nuisance.bn_momentum",
+         "means nothing for any arm's norm (layer, none)"),
     ],
 )
 def test_each_bad_value_gets_one_line_naming_the_field(changes, field, message):
@@ -146,6 +150,10 @@ def test_each_norm_variant_keeps_only_the_parameters_it_has():
     searched = base(nuisance={"norm": Choice(("batch", "ghost"))}, fixed={"ghost_batch_size": 16}).resolve("before")
     assert searched.config["ghost_batch_size"] == 16 and "norm" in searched.nuisance
     assert "norm" not in base().resolve("none").config
+
+
+def test_bn_momentum_may_be_searched_for_renorm_which_trains_with_it():
+    assert base(fixed={"norm": "renorm"}, nuisance={"bn_momentum": ComplementLogUniform(0.9, 0.999)}).validate() is None
 
 
 def test_a_model_by_import_path_takes_its_builders_options():

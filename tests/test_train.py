@@ -216,3 +216,17 @@ def test_epoch_time_counts_training_steps_only():
     assert first["trace_time_s"] > 0 and all("trace_time_s" not in m for m in later)  # tracing: start-up, once
     assert all(m["eval_time_s"] > 0 and m["recalibration_time_s"] > 0 for m, _ in rec.reports)
     assert first["trace_time_s"] > 2 * first["epoch_time_s"]  # the MLP's trace (~0.9 s) is not training (~0.04 s)
+
+
+@pytest.mark.parametrize("norm", ["group", "layer", "ghost", "renorm"])
+def test_each_norm_variant_trains_and_recalibrates_only_where_it_has_moving_statistics(norm):
+    files = {}
+    final = train.run({**CONFIG, "seed": 0, "norm": norm, "norm_groups": 4, "ghost_batch_size": 8}, model="mlp",
+                      dataset="digits", dataset_args={}, max_epochs=1, report=lambda m, c: None, keep=files.update)
+    layers = json.loads(files[train.BN_LAYERS_FILE])
+    assert final["test_accuracy"] > 0.5 and not final["collapsed"]  # it learns in one epoch
+    if norm in ("group", "layer"):
+        assert "recalibration_time_s" not in final and "bn_mean_shift" not in final
+        assert [r["layer"] for r in layers] == ["dense0_bn"] and "no moving statistics" in layers[0]["skipped"]
+    else:
+        assert "recalibration_time_s" in final and final["bn_layers"] == 1.0 and layers[0]["channels"] == 16

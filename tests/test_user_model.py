@@ -38,8 +38,9 @@ def write_sweep(tmp_path, model: str):
 
 
 @pytest.mark.parametrize("model, message", [
-    ("tests.usermodels.nets:subclassed", "model: tests.usermodels.nets:subclassed cannot be rewritten for arm 'none': "
+    ("tests.usermodels.nets:subclassed", "model: tests.usermodels.nets:subclassed cannot be used: "
                                          "model 'subclassed' is a subclassed keras.Model with its own call()"),
+    ("tests.usermodels.nets:broken", "model: tests.usermodels.nets:broken cannot be used: ZeroDivisionError: division by zero"),
     ("tests.usermodels.nets:missing", "model: cannot import 'tests.usermodels.nets:missing' (AttributeError"),
     ("no_such_package.nets:resnet", "model: cannot import 'no_such_package.nets:resnet' (ModuleNotFoundError"),
 ])

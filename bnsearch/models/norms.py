@@ -5,6 +5,10 @@
   (back since Keras 3.14), with the clipping r ∈ [1/rmax, rmax], |d| ≤ dmax (by default the
   paper's final rmax 3, dmax 5, Ioffe 2017 §4) held from the first step: Keras has no warm-up ramp from (1, 0). r and d are constants to the
   gradient (Keras stops it), and inference uses the moving mean and variance as plain BN does.
+  ``bn_momentum`` sets both of Keras' momenta, as the paper has one set of moving averages: so
+  for renorm it changes training, not only the moving averages. Its training-mode output is
+  pulled towards those averages, so its ``bn_mode_gap`` compares that output, not raw batch
+  statistics, with inference.
 - ``ghost``: Ghost BN (Hoffer et al. 2017), :class:`GhostBatchNormalization` below: in training
   each virtual batch of ``ghost_batch_size`` examples is normalized by its own statistics;
   inference and the moving averages are plain BN's (the moving averages follow the mean of the
@@ -17,8 +21,8 @@
   than ``MIN_GROUP_VALUES`` values (a Dense layer's 32 units in 32 groups would each be
   normalized alone, to a constant).
 - ``layer``: LayerNorm as Wu & He define it for CNNs, one group over all channels and positions
-  with a per-channel γ and β (``GroupNormalization(groups=1)``); on a Dense output it is
-  Keras' ``LayerNormalization``.
+  with a per-channel γ and β (``GroupNormalization(groups=1)``); on a Dense output that is
+  numerically Keras' ``LayerNormalization``.
 
 ``group`` and ``layer`` need no batch and keep no moving statistics, so precise recalibration
 and the BN diagnostics do not apply to them (a run records why).
@@ -115,6 +119,8 @@ def make_norm(norm, name: str, shape):
         return L.GroupNormalization(groups=1 if norm.kind == "layer" else group_count(norm.groups, shape), **common)
     if norm.kind == "ghost":
         return GhostBatchNormalization(virtual_batch_size=norm.ghost_batch_size, momentum=norm.momentum, **common)
+    if norm.kind not in ("batch", "renorm", "synchronized"):
+        raise ValueError(f"unknown norm {norm.kind!r}")
     extra = {"synchronized": True} if norm.kind == "synchronized" else {}
     if norm.kind == "renorm":
         extra = {"renorm": True, "renorm_momentum": norm.momentum,

@@ -47,7 +47,7 @@ def import_model(path: str):
 def model_parameters(name: str) -> dict[str, object]:
     """The options a model takes, with their defaults (a model instance of yours takes none)."""
     builder = import_model(name) if is_import_path(name) else _MODELS[name]
-    if not inspect.isroutine(builder):
+    if not callable(builder) or hasattr(builder, "layers") or inspect.isclass(builder):  # a model: no options
         return {}
     params = inspect.signature(builder).parameters
     return {k: p.default for k, p in params.items() if k not in _BUILDER_ARGS and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}

@@ -1,4 +1,4 @@
-"""Your own Keras model, rewritten to every placement and norm variant (GUIDE §4).
+"""Your own Keras model, rewritten to every placement and norm variant (README: "BN placement, exactly").
 
 A **placement site** is a weighted layer (Dense, a convolution, a depthwise or separable
 convolution) whose output goes, possibly through one norm layer, to an activation: the three
@@ -13,7 +13,9 @@ bnsearch trains on logits.
 
 :func:`rewrite` refuses, with :class:`RewriteError` naming the layer or reason, what it cannot
 rewrite faithfully: subclassed models (a custom ``call``), nested models, custom layers holding
-norm layers, and layers used more than once. The graph is read through Keras' node records
+norm layers, layers used more than once, activations written as ``keras.ops`` calls, channels-first
+layers, a norm that follows a site's activation only through another layer (pooling) or beside
+another consumer, and an output with an activation other than softmax. The graph is read through Keras' node records
 (``_inbound_nodes``, ``_keras_history``), which have no public equivalent.
 """
 
@@ -52,26 +54,35 @@ class Site:
 
 @dataclass(frozen=True)
 class Anatomy:
-    """What :func:`anatomy` finds: the sites in layer order, the norm layers at no site (each
-    with the weighted layer right before it, if any) and the output softmax layer, if any."""
+    """What :func:`anatomy` finds: the sites in layer order; every norm layer at no site, with
+    the layer it follows; the weighted layers right before such a norm (its β is their offset);
+    and the output softmax layer, if any."""
 
     sites: tuple[Site, ...]
-    linear_norms: dict[str, str | None]
+    linear_norms: dict[str, str]
+    debiased: frozenset[str]
     output_softmax: str | None
 
 
-def _is_softmax(layer) -> bool:
-    return isinstance(layer, L.Softmax) or getattr(getattr(layer, "activation", None), "__name__", "") == "softmax"
+def _activation_of(operation) -> str:
+    return getattr(getattr(operation, "activation", None), "__name__", "linear")
+
+
+def _is_softmax(operation) -> bool:
+    return isinstance(operation, L.Softmax) or _activation_of(operation) == "softmax"
 
 
 def _fused(layer) -> bool:
-    return getattr(getattr(layer, "activation", None), "__name__", "linear") != "linear"
+    return isinstance(layer, WEIGHTED) and _activation_of(layer) != "linear"
+
+
+def _is_activation(operation) -> bool:
+    return isinstance(operation, ACTIVATIONS) and not _is_softmax(operation)
 
 
 def check(model) -> None:
-    """Raise :class:`RewriteError` if ``model`` is not a flat functional model of plain layers."""
-    if isinstance(model, keras.Sequential):
-        return
+    """Raise :class:`RewriteError` if ``model`` is not a flat, channels-last functional model of
+    plain layers with one input and one output."""
     if not isinstance(model, keras.Model):
         raise RewriteError(f"{model!r} is not a keras.Model")
     if not isinstance(model, Functional) or type(model).call is not Functional.call:
@@ -80,62 +91,84 @@ def check(model) -> None:
     if len(model.inputs) != 1 or len(model.outputs) != 1:
         raise RewriteError(f"model {model.name!r} has {len(model.inputs)} inputs and {len(model.outputs)} outputs: "
                            "bnsearch trains models with one input and one output (the logits)")
-    for layer in model.layers:
-        if isinstance(layer, keras.Model):
-            raise RewriteError(f"layer {layer.name!r} is a nested model: flatten it into the outer model (call its "
-                               "layers directly) so that its norm layers can be rewritten")
-        if len(layer._inbound_nodes) > 1:
-            raise RewriteError(f"layer {layer.name!r} is used {len(layer._inbound_nodes)} times (shared weights): "
+    for operation in model.operations:
+        name = f"{operation.name!r} ({type(operation).__name__})"
+        if not isinstance(operation, keras.layers.Layer) and type(operation).__module__.endswith("ops.nn"):
+            raise RewriteError(f"operation {name} is a keras.ops activation, not a layer: write it as a layer "
+                               "(keras.layers.Activation, ReLU, ...) so that the placement sites can be found")
+        if isinstance(operation, keras.Model):
+            raise RewriteError(f"layer {name} is a nested model: flatten it into the outer model (call its layers "
+                               "directly) so that its norm layers can be rewritten")
+        if len(operation._inbound_nodes) > 1:
+            raise RewriteError(f"layer {name} is used {len(operation._inbound_nodes)} times (shared weights): "
                                "each placement site needs a layer of its own")
-        hidden = [sub.name for sub in layer._flatten_layers(include_self=False) if isinstance(sub, NORM_LAYERS)]
+        if getattr(operation, "data_format", None) == "channels_first" or (
+                isinstance(operation, NORM_LAYERS) and operation.axis not in (-1, len(operation.input.shape) - 1, [-1])):
+            raise RewriteError(f"layer {name} is channels-first: bnsearch's norm layers normalize the last axis")
+        hidden = [sub.name for sub in getattr(operation, "_flatten_layers", lambda **_: [])(include_self=False)
+                  if isinstance(sub, NORM_LAYERS)]
         if hidden:
-            raise RewriteError(f"layer {layer.name!r} ({type(layer).__name__}) holds norm layers inside its own "
-                               f"call ({', '.join(hidden)}): bnsearch cannot move them; write the block in the model's graph")
+            raise RewriteError(f"layer {name} holds norm layers inside its own call ({', '.join(hidden)}): "
+                               "bnsearch cannot move them; write the block in the model's graph")
 
 
 def anatomy(model) -> Anatomy:
     """The placement sites and other norm layers of a flat functional model (see module doc)."""
     check(model)
     consumers: dict[str, list] = defaultdict(list)
-    for layer in model.layers:
-        for node in layer._inbound_nodes:
+    producer = {}
+    for operation in model.operations:  # layers and keras.ops calls (x + y) alike
+        for node in operation._inbound_nodes:
             for tensor in node.input_tensors:
-                consumers[tensor._keras_history.operation.name].append(layer)
-    for tensor in model.outputs:
-        consumers[tensor._keras_history.operation.name].append(None)  # the model's output
+                consumers[tensor._keras_history.operation.name].append(operation)
+            if node.input_tensors:
+                producer[operation.name] = node.input_tensors[0]._keras_history.operation
+    last = model.outputs[0]._keras_history.operation
+    consumers[last.name].append(None)  # the model's output
+    if not _is_softmax(last) and (_is_activation(last) or _fused(last)):
+        raise RewriteError(f"the output layer {last.name!r} applies {_activation_of(last) if _fused(last) else type(last).__name__}: "
+                           "bnsearch trains on logits; end the model with a linear layer (a softmax is dropped for you)")
 
-    def sole(layer):
-        following = consumers[layer.name]
+    def sole(operation):
+        following = consumers[operation.name]
         return following[0] if len(following) == 1 else None
-
-    def is_activation(layer) -> bool:
-        return isinstance(layer, ACTIVATIONS) and not _is_softmax(layer)
 
     sites = []
     for layer in model.layers:
-        if not isinstance(layer, WEIGHTED):
+        if not isinstance(layer, WEIGHTED) or _is_softmax(layer):
             continue
         nxt = sole(layer)
         if _fused(layer):
-            if _is_softmax(layer):
-                continue
             norm = nxt if isinstance(nxt, NORM_LAYERS) else None
             sites.append(Site(layer.name, None, norm and norm.name, "after" if norm else "none"))
-        elif isinstance(nxt, NORM_LAYERS) and is_activation(sole(nxt)):
+        elif isinstance(nxt, NORM_LAYERS) and _is_activation(sole(nxt)):
             sites.append(Site(layer.name, sole(nxt).name, nxt.name, "before"))
-        elif nxt is not None and is_activation(nxt):
+        elif nxt is not None and _is_activation(nxt):
             norm = sole(nxt) if isinstance(sole(nxt), NORM_LAYERS) else None
             sites.append(Site(layer.name, nxt.name, norm and norm.name, "after" if norm else "none"))
     at_site = {site.norm for site in sites if site.norm}
-    producers = {layer.name: node.input_tensors[0]._keras_history.operation
-                 for layer in model.layers for node in layer._inbound_nodes if node.input_tensors}
-    linear = {}
+    site_ends = {site.activation or site.layer: site.layer for site in sites}
+    linear, debiased = {}, set()
     for layer in model.layers:
-        if isinstance(layer, NORM_LAYERS) and layer.name not in at_site:
-            before = producers.get(layer.name)
-            linear[layer.name] = before.name if isinstance(before, WEIGHTED) and sole(before) is layer else None
-    last = model.outputs[0]._keras_history.operation
-    return Anatomy(tuple(sites), linear, last.name if _is_softmax(last) else None)
+        if not isinstance(layer, NORM_LAYERS) or layer.name in at_site:
+            continue
+        before = producer[layer.name]
+        linear[layer.name] = before.name
+        if isinstance(before, WEIGHTED) and sole(before) is layer:
+            debiased.add(before.name)
+        # A norm that follows a site's activation, but not as its only next layer (through pooling, or beside
+        # another consumer), belongs to no placement: moving the site's norm would leave it, or double it.
+        # (Right after a site that has its norm before the activation, it is a second norm, e.g. before the output.)
+        path = [before]
+        while path[-1].name not in site_ends and isinstance(path[-1], keras.layers.Layer) and not path[-1].weights \
+                and len(path[-1]._inbound_nodes[0].input_tensors) == 1 and path[-1].name in producer:
+            path.append(producer[path[-1].name])
+        if path[-1].name in site_ends and (len(path) > 1 or sole(before) is not layer):
+            via = " through " + ", ".join(p.name for p in path[:-1]) if len(path) > 1 else " beside another layer using its output"
+            raise RewriteError(f"norm layer {layer.name!r} follows the placement site {site_ends[path[-1].name]!r}{via}, not "
+                               "right after its activation: bnsearch cannot place it faithfully; put it right after the "
+                               "activation (after) or between the layer and its activation (before)")
+    return Anatomy(tuple(sites), linear, frozenset(debiased), last.name if _is_softmax(last) else None)
 
 
 def as_functional(model, input_shape) -> keras.Model:
@@ -156,32 +189,28 @@ def rewrite(model, norm: Norm, input_shape) -> keras.Model:
     sites = {site.layer: site for site in found.sites}
     activation_site = {site.activation: site for site in found.sites if site.activation}
     site_norms = {site.norm for site in found.sites if site.norm}
-    debiased = {layer for layer in found.linear_norms.values() if layer}  # their norm supplies the offset
-    taken = {layer.name for layer in model.layers}
+    fused_activation = {name: model.get_layer(name).activation for name in sites if _fused(model.get_layer(name))}
+    taken = {operation.name for operation in model.operations}
 
-    def norm_name(site: Site) -> str:
-        if site.norm:
-            return site.norm
-        name, k = f"{site.layer}_bn", 1
-        while name in taken:
-            name, k = f"{site.layer}_bn{k}", k + 1
-        taken.add(name)
-        return name
+    def unique(name: str) -> str:
+        candidate, k = name, 1
+        while candidate in taken:
+            candidate, k = f"{name}{k}", k + 1
+        taken.add(candidate)
+        return candidate
 
-    names = {site.layer: norm_name(site) for site in found.sites}
+    norm_names = {site.layer: site.norm or unique(f"{site.layer}_bn") for site in found.sites}
+    act_names = {name: unique(f"{name}_act") for name in fused_activation}
 
     def clone(layer):
         config = layer.get_config()
         if "use_bias" in config and layer.name in sites:  # no bias right before a norm: its β is the offset
             config["use_bias"] = norm.placement != "before"
-        elif "use_bias" in config and layer.name in debiased:
+        elif "use_bias" in config and layer.name in found.debiased:
             config["use_bias"] = norm.placement == "none"
         if "activation" in config and (layer.name in sites or layer.name == found.output_softmax):
             config["activation"] = "linear"
         return layer.__class__.from_config(config)
-
-    def new_norm(site: Site, x):
-        return norm.layer(names[site.layer], x.shape[1:])(x)
 
     def call(layer, *args, **kwargs):
         name = layer.name
@@ -196,19 +225,18 @@ def rewrite(model, norm: Norm, input_shape) -> keras.Model:
         if site is None:
             return x
         if name == site.layer and norm.placement == "before":
-            x = new_norm(site, x)
-        if name == site.layer and site.activation is None:  # split out the fused activation
-            x = L.Activation(fused_activation[name], name=f"{name}_act")(x)
-        if (name == site.activation or (name == site.layer and site.activation is None)) and norm.placement == "after":
-            x = new_norm(site, x)
+            x = norm.layer(norm_names[site.layer], x.shape[1:])(x)
+        if name in fused_activation:  # split out into a layer of its own
+            x = L.Activation(fused_activation[name], name=act_names[name])(x)
+        if name == (site.activation or site.layer) and norm.placement == "after":
+            x = norm.layer(norm_names[site.layer], x.shape[1:])(x)
         return x
 
-    fused_activation = {layer.name: layer.activation for layer in model.layers if layer.name in sites and _fused(layer)}
     inputs = keras.Input(shape=tuple(input_shape), name=model.inputs[0]._keras_history.operation.name)
-    inputs = [inputs] if isinstance(model.input, list) else inputs
     try:
-        return keras.models.clone_model(model, input_tensors=inputs, clone_function=clone, call_function=call)
-    except (ValueError, TypeError) as error:
+        return keras.models.clone_model(model, input_tensors=[inputs] if isinstance(model.input, list) else inputs,
+                                        clone_function=clone, call_function=call)
+    except (ValueError, TypeError) as error:  # e.g. a Dense after Flatten that fixed another input size
         raise RewriteError(f"model {model.name!r} could not be rebuilt on inputs of shape {tuple(input_shape)}: "
                            f"{str(error).splitlines()[0]}") from None
 
@@ -228,8 +256,8 @@ def describe(model) -> list[str]:
         else:
             parts.append(act)
         lines.append(f"{site.layer}: " + " → ".join(parts))
-    for name, layer in found.linear_norms.items():
-        lines.append(f"{name}: {describe_norm(by_name[name])} after {layer or 'a layer without weights'} (no activation next to it)")
+    for name, before in found.linear_norms.items():
+        lines.append(f"{name}: {describe_norm(by_name[name])} after {before} (at no placement site: no activation next to it)")
     return lines
 
 

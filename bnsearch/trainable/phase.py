@@ -145,6 +145,12 @@ def _loader_args(sweep: Sweep) -> dict:
     return {k: v for k, v in sweep.dataset_args.items() if k not in data.COMMON_PARAMETERS}
 
 
+def _cause(error: "ray.exceptions.RayError") -> str:
+    """What a remote task raised, in one line."""
+    cause = getattr(error, "cause", None) or error
+    return f"{type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''}"
+
+
 def check_dataset(sweep: Sweep, address: str | None) -> None:
     """Load the sweep's dataset on a worker once, before anything is recorded: a dataset only a
     worker can load (a download) that fails ends the sweep here, as one line naming it; so does
@@ -153,11 +159,12 @@ def check_dataset(sweep: Sweep, address: str | None) -> None:
     try:
         ray.get(dataset_loaded.remote(load_dataset.remote(sweep.dataset, _loader_args(sweep))))
     except ray.exceptions.RayError as error:  # the loader raised, or its worker died (out of memory, ...)
-        cause = getattr(error, "cause", None) or error
-        first_line = str(cause).splitlines()[0] if str(cause) else ""
-        raise SpecError([("dataset", f"{sweep.dataset} could not be loaded on a worker: {type(cause).__name__}: {first_line}")]) from None
+        raise SpecError([("dataset", f"{sweep.dataset} could not be loaded on a worker: {_cause(error)}")]) from None
     if is_import_path(sweep.model):
-        problems = ray.get(model_problems.remote(sweep))
+        try:
+            problems = ray.get(model_problems.remote(sweep))
+        except ray.exceptions.RayError as error:  # e.g. the model's module does not import on a worker
+            problems = [("model", f"{sweep.model} could not be built on a worker: {_cause(error)}")]
         if problems:
             raise SpecError(problems)
 

@@ -85,5 +85,9 @@ class Subclassed(keras.Model):
         return self.out(self.bn(self.flatten(x)))
 
 
+def broken(input_shape, num_classes):
+    return 1 / 0  # a builder with a bug of its own
+
+
 def subclassed(num_classes):
     return Subclassed(num_classes)
