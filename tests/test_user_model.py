@@ -77,3 +77,23 @@ def test_a_sweep_over_a_user_model_runs_end_to_end(tmp_path):
     # Ghost BN learns digits in two epochs; without BN the ResNet is slower but above chance (0.1)
     assert min(r.data.metrics["test_accuracy"] for r in replicate) > 0.85
     assert min(r.data.metrics["test_accuracy"] for r in runs if r.data.tags["phase"] == "replicate") > 0.2
+
+
+@pytest.mark.integration
+def test_with_a_dataset_only_a_worker_can_load_the_model_is_refused_there_before_anything_is_recorded(tmp_path, capsys, monkeypatch):
+    import ray
+
+    from bnsearch import data
+
+    monkeypatch.setattr(data, "needs_worker", lambda name: True)  # as for a Keras download: the driver cannot check
+    ray.init("local", num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
+    try:
+        code = cli.main(["run", write_sweep(tmp_path, "tests.usermodels.nets:subclassed"), "--storage", str(tmp_path)])
+    finally:
+        ray.shutdown()
+    assert code == 2
+    assert "model: tests.usermodels.nets:subclassed cannot be used: model 'subclassed' is a subclassed" in capsys.readouterr().err
+    client = MlflowClient(tracking.default_tracking_uri(tmp_path))
+    experiment = client.get_experiment_by_name("mine")
+    assert experiment is None or not client.search_runs([experiment.experiment_id])  # no parent run opened
