@@ -16,7 +16,11 @@ from bnsearch.spec import BATCH_FREE_NORMS, SpecError, Sweep
 
 def dataset_shape(sweep: Sweep) -> tuple[tuple[int, ...], int]:
     """The input shape the models see (after ``image_size``) and the number of classes."""
-    return data.shape(sweep.dataset, dict(sweep.dataset_args))
+    try:
+        return data.shape(sweep.dataset, dict(sweep.dataset_args))
+    except Exception as error:  # a download with no network, a missing file: one line, not a traceback
+        raise SpecError([("dataset", f"{sweep.dataset} cannot be loaded here ({type(error).__name__}: "
+                                     f"{str(error).splitlines()[0] if str(error) else ''}); its models need its input shape")]) from None
 
 
 def arm_models(sweep: Sweep, input_shape, num_classes: int) -> dict:

@@ -97,3 +97,15 @@ def test_with_a_dataset_only_a_worker_can_load_the_model_is_refused_there_before
     client = MlflowClient(tracking.default_tracking_uri(tmp_path))
     experiment = client.get_experiment_by_name("mine")
     assert experiment is None or not client.search_runs([experiment.experiment_id])  # no parent run opened
+
+
+def test_inspect_of_a_dataset_that_cannot_be_loaded_is_one_line(tmp_path, capsys):
+    path = tmp_path / "sweep.py"
+    path.write_text(textwrap.dedent(f"""
+        from bnsearch.spec import Sweep
+        def get_sweep(dry_run=False):
+            return Sweep(name="mine", model="mlp", dataset="npz", dataset_args={{"path": {str(tmp_path / 'none.npz')!r}}},
+                         scientific={{"bn_placement": ("none", "before")}})
+    """))
+    assert cli.main(["inspect", str(path)]) == 2
+    assert "dataset: npz cannot be loaded here (FileNotFoundError" in capsys.readouterr().err
