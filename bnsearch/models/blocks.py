@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+from bnsearch.spec import DEFAULTS  # the defaults live there, once
+
 
 @dataclass(frozen=True)
 class Norm:
@@ -18,16 +20,16 @@ class Norm:
     the moving-average decay). ``ghost_batch_size`` is for ``ghost``, ``groups`` for ``group``,
     ``renorm_rmax``/``renorm_dmax`` for ``renorm``."""
 
-    placement: str = "before"
-    momentum: float = 0.99
-    epsilon: float = 1e-3
-    center: bool = True
-    scale: bool = True
-    kind: str = "batch"
-    ghost_batch_size: int = 32
-    groups: int = 32
-    renorm_rmax: float = 3.0
-    renorm_dmax: float = 5.0
+    placement: str = DEFAULTS["bn_placement"]
+    momentum: float = DEFAULTS["bn_momentum"]
+    epsilon: float = DEFAULTS["bn_epsilon"]
+    center: bool = DEFAULTS["bn_center"]
+    scale: bool = DEFAULTS["bn_scale"]
+    kind: str = DEFAULTS["norm"]
+    ghost_batch_size: int = DEFAULTS["ghost_batch_size"]
+    groups: int = DEFAULTS["norm_groups"]
+    renorm_rmax: float = DEFAULTS["renorm_rmax"]
+    renorm_dmax: float = DEFAULTS["renorm_dmax"]
 
     def layer(self, name: str, shape):
         """The norm layer for inputs of ``shape`` (no batch axis, channels last)."""
