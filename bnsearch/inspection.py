@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 
 from bnsearch import data
-from bnsearch.spec import BATCH_FREE_NORMS, SpecError, Sweep
+from bnsearch.spec import BATCH_FREE_NORMS, SpecError, Sweep, one_line
 
 
 def dataset_shape(sweep: Sweep) -> tuple[tuple[int, ...], int]:
@@ -19,8 +19,7 @@ def dataset_shape(sweep: Sweep) -> tuple[tuple[int, ...], int]:
     try:
         return data.shape(sweep.dataset, dict(sweep.dataset_args))
     except Exception as error:  # a download with no network, a missing file: one line, not a traceback
-        raise SpecError([("dataset", f"{sweep.dataset} cannot be loaded here ({type(error).__name__}: "
-                                     f"{str(error).splitlines()[0] if str(error) else ''}); its models need its input shape")]) from None
+        raise SpecError([("dataset", f"{sweep.dataset} cannot be loaded here ({one_line(error)}); its models need its input shape")]) from None
 
 
 def arm_models(sweep: Sweep, input_shape, num_classes: int) -> dict:
@@ -33,7 +32,7 @@ def arm_models(sweep: Sweep, input_shape, num_classes: int) -> dict:
         try:
             models[arm] = build_model(sweep.model, sweep.resolve(arm).config, input_shape, num_classes)
         except Exception as error:  # the user's builder raised, or its model cannot be rewritten: say so, not a traceback
-            detail = str(error) if isinstance(error, RewriteError) else f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+            detail = str(error) if isinstance(error, RewriteError) else one_line(error)
             raise SpecError([("model", f"{sweep.model} cannot be used: {detail}")]) from None
     return models
 

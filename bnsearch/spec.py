@@ -36,6 +36,12 @@ class SpecError(ValueError):
         super().__init__("\n".join(f"{name}: {why}" for name, why in self.problems))
 
 
+def one_line(error: BaseException) -> str:
+    """An exception as ``Type: first line of its message``, for a SpecError's reason."""
+    text = str(error)
+    return f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"
+
+
 # --- distributions -------------------------------------------------------------------------
 
 

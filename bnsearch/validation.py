@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 from bnsearch.spec import (
     ACTIVATIONS, DEFAULTS, DISTRIBUTIONS, METRICS, NORMS, OPTIMIZERS, PLACEMENTS, QUESTION_KINDS, REPORT_METRICS, SAMPLERS,
-    BN_PARAMETERS, BN_STATISTICS, LR_SCHEDULES, Choice, Comparison, ComplementLogUniform, IntUniform, LogUniform, Sweep,
+    BN_PARAMETERS, BN_STATISTICS, LR_SCHEDULES, Choice, Comparison, ComplementLogUniform, IntUniform, LogUniform, Sweep, one_line,
 )
 from bnsearch.stats.sequential import SPENDING
 
@@ -85,7 +85,7 @@ def problems(sweep: Sweep):
             import_model(sweep.model)
             model_ok = True
         except Exception as error:  # the user's module failed to import, or has no such name
-            yield "model", (f"cannot import {sweep.model!r} ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}); "
+            yield "model", (f"cannot import {sweep.model!r} ({one_line(error)}); "
                             "a model of yours must be importable on every node: pip install its package, or put it on PYTHONPATH")
     elif not model_ok:
         yield "model", (f"unknown model {sweep.model!r}; known: {', '.join(list_models())}, "

@@ -16,7 +16,7 @@ from ray.tune.schedulers import FIFOScheduler
 
 from bnsearch import data, progress, search, tracking
 from bnsearch.models.registry import is_import_path
-from bnsearch.spec import FAILURES, SpecError, Sweep
+from bnsearch.spec import FAILURES, SpecError, Sweep, one_line
 from bnsearch.trainable.searchers import ArmScheduler, ArmSearcher, FixedConfigs
 from bnsearch.trainable.trial import (
     TrialSetup, dataset_loaded, load_dataset, model_problems, run_name, train_trial, trial_key, trial_status,
@@ -147,8 +147,7 @@ def _loader_args(sweep: Sweep) -> dict:
 
 def _cause(error: "ray.exceptions.RayError") -> str:
     """What a remote task raised, in one line."""
-    cause = getattr(error, "cause", None) or error
-    return f"{type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''}"
+    return one_line(getattr(error, "cause", None) or error)
 
 
 def check_dataset(sweep: Sweep, address: str | None) -> None:
