@@ -16,7 +16,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 
-from bnsearch import data, train  # noqa: E402
+from bnsearch import compiled, data, train  # noqa: E402
 
 DATASET, DATASET_ARGS = "mnist1d", {"num_samples": 20_000}
 
@@ -25,8 +25,8 @@ def fit(config: dict, epochs: int, splits) -> dict:
     """Seed, build, compile, fit, evaluate: the same model and data pipeline bnsearch uses."""
     keras.utils.set_random_seed(int(config["seed"]))
     batch = int(config["batch_size"])
-    model = train.build_model("mlp", config, splits.input_shape, splits.num_classes)
-    train.compile_model(model, config)
+    model = compiled.build_model("mlp", config, splits.input_shape, splits.num_classes)
+    compiled.compile_model(model, config)
     times = []
     timer = keras.callbacks.LambdaCallback(on_epoch_begin=lambda e, l: times.append(time.perf_counter()),
                                            on_epoch_end=lambda e, l: times.append(time.perf_counter()))

@@ -1,6 +1,6 @@
 """Every arm's model as it will be trained, before any trial starts (``bnsearch inspect``).
 
-The models are built by the trials' own code (:func:`bnsearch.train.build_model`) from each
+The models are built by the trials' own code (:func:`bnsearch.compiled.build_model`) from each
 arm's resolved configuration, on the dataset's input shape, with searched values at their
 defaults; a model of yours that cannot be rewritten is refused here, on the driver, naming the
 layer or reason. Imports TensorFlow: only commands that build models load this module.
@@ -25,7 +25,7 @@ def dataset_shape(sweep: Sweep) -> tuple[tuple[int, ...], int]:
 def arm_models(sweep: Sweep, input_shape, num_classes: int) -> dict:
     """Arm name → its Keras model; :class:`SpecError` in one line if one cannot be built."""
     from bnsearch.models.rewrite import RewriteError
-    from bnsearch.train import build_model
+    from bnsearch.compiled import build_model
 
     models = {}
     for arm in sweep.arms():

@@ -1,4 +1,5 @@
-"""One training run, Keras only: build, compile, fit epoch by epoch, evaluate.
+"""One training run, Keras only: a compiled model (:mod:`bnsearch.compiled`: built, or kept from an
+earlier trial), fit epoch by epoch, evaluated.
 
 Imported only inside trial workers, never on the driver. It knows nothing of Ray or MLflow:
 results leave through ``report(metrics, checkpoint_dir)``, called once per epoch, and files
@@ -31,20 +32,18 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from bnsearch import compiled
 from bnsearch import data as datasets
 from bnsearch import diagnostics, results
-from bnsearch.models import Norm, create_model, model_parameters
+from bnsearch.compiled import get
 from bnsearch.models.norms import NORM_LAYERS
-from bnsearch.precise_bn import TrainModePass, bn_layers, input_spec, precise_statistics, recalibration_batches
-from bnsearch.spec import DEFAULTS
+from bnsearch.precise_bn import precise_statistics, recalibration_batches
 
 Report = Callable[[dict[str, float], "str | None"], None]
 Keep = Callable[[dict[str, bytes]], None]
 MODEL_FILE, STATE_FILE = "model.keras", "state.json"
 BN_LAYERS_FILE = "bn_layers.json"
 TEST_CORRECT_FILE = results.TEST_CORRECT_FILE
-# Several steps per tf.function call: +55% on small MLPs on CPU, same results.
-STEPS_PER_EXECUTION = 8
 # Collapse: training that is at chance. "At chance" needs both, over an epoch: training accuracy
 # within 5% of the way from chance (the majority class) to perfect, and training loss at 98% or
 # more of the loss of predicting the class frequencies (ln K for K balanced classes). A run
@@ -120,53 +119,6 @@ def environment() -> dict[str, str]:
     }
 
 
-def get(config: Mapping[str, Any], name: str) -> Any:
-    return config.get(name, DEFAULTS.get(name))
-
-
-def norm_from(config: Mapping[str, Any]) -> Norm:
-    return Norm(placement=get(config, "bn_placement"), momentum=get(config, "bn_momentum"), epsilon=get(config, "bn_epsilon"),
-                center=get(config, "bn_center"), scale=get(config, "bn_scale"), kind=get(config, "norm"),
-                ghost_batch_size=int(get(config, "ghost_batch_size")), groups=int(get(config, "norm_groups")),
-                renorm_rmax=get(config, "renorm_rmax"), renorm_dmax=get(config, "renorm_dmax"))
-
-
-def build_model(model: str, config: Mapping[str, Any], input_shape, num_classes: int):
-    options = {k: config[k] for k in model_parameters(model) if k in config}
-    if "hidden_sizes" in options or "filters" in options:  # JSON/Optuna may hand back lists
-        options = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
-    return create_model(model, input_shape, num_classes, norm_from(config), **options)
-
-
-def learning_rate(config: Mapping[str, Any], steps_per_epoch: int | None = None, epochs: int | None = None):
-    """The configuration's learning rate: a number, or with ``warmup_epochs`` or a ``cosine``
-    ``lr_schedule``, a schedule over ``epochs`` of ``steps_per_epoch`` steps: linear warmup from
-    0, then constant or cosine decay to 0 (Keras' CosineDecay; alpha=1 keeps it constant)."""
-    peak, schedule = get(config, "learning_rate"), get(config, "lr_schedule")
-    warmup_steps = round(get(config, "warmup_epochs") * (steps_per_epoch or 0))
-    if not steps_per_epoch or not epochs or (schedule == "constant" and not warmup_steps):
-        return peak
-    return keras.optimizers.schedules.CosineDecay(
-        initial_learning_rate=0.0 if warmup_steps else peak, decay_steps=max(1, steps_per_epoch * epochs - warmup_steps),
-        alpha=1.0 if schedule == "constant" else 0.0, warmup_target=peak if warmup_steps else None, warmup_steps=warmup_steps,
-    )
-
-
-def compile_model(keras_model, config: Mapping[str, Any], steps_per_epoch: int | None = None, epochs: int | None = None) -> None:
-    lr = learning_rate(config, steps_per_epoch, epochs)
-    weight_decay = get(config, "weight_decay") or None
-    if get(config, "optimizer") == "sgd":
-        optimizer = keras.optimizers.SGD(lr, momentum=get(config, "sgd_momentum"), weight_decay=weight_decay)
-    else:
-        optimizer = keras.optimizers.Adam(lr, weight_decay=weight_decay)
-    keras_model.compile(
-        optimizer=optimizer,
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-        steps_per_execution=STEPS_PER_EXECUTION,
-    )
-
-
 def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
     """The training examples' order in ``epoch``: a function of (seed, epoch) alone, so a run
     resumed at any epoch sees the same data in the same order as one never interrupted."""
@@ -213,15 +165,15 @@ def run(
 
     state = {"epoch": 0, "train_time_s": 0.0}
     if restore_dir:
-        keras_model = keras.models.load_model(os.path.join(restore_dir, MODEL_FILE))
+        trained = compiled.Compiled.of(keras.models.load_model(os.path.join(restore_dir, MODEL_FILE)))
         with open(os.path.join(restore_dir, STATE_FILE)) as f:
             state = json.load(f)
-    else:
+    else:  # a model this process compiled for an earlier trial of the same structure, if any: no tracing
         input_shape = datasets.resized_shape(splits.input_shape, image_size)
-        keras_model = build_model(model, config, input_shape, splits.num_classes)
-        compile_model(keras_model, config, steps_per_epoch, max_epochs)
+        trained = compiled.model_for(model, config, input_shape, splits.num_classes, steps_per_epoch, max_epochs)
+    keras_model = trained.model
 
-    evaluator = Evaluator(keras_model, splits, batch_size, image_size, get(config, "bn_statistics"))
+    evaluator = Evaluator(trained, splits, batch_size, image_size, get(config, "bn_statistics"))
     reporter = EpochReporter(report, len(x_train), state, max_epochs, evaluator, checkpoint_every_s, keep,
                              chance=chance_level(y_train, splits.num_classes))
     x_tensor, y_tensor = tf.constant(x_train), tf.constant(y_train)
@@ -281,21 +233,18 @@ class Evaluator:
     """Every evaluation of one run, with both kinds of BN statistics, the ones the
     configuration asks for (``statistics``) under the plain names."""
 
-    def __init__(self, model, splits: datasets.Splits, batch_size: int, image_size: int | None, statistics: str):
-        self.model, self.statistics = model, statistics
+    def __init__(self, trained: compiled.Compiled, splits: datasets.Splits, batch_size: int, image_size: int | None, statistics: str):
+        model = self.model = trained.model
+        self.statistics, self.passes, self.infer = statistics, trained.passes, trained.infer
         self.files: dict[str, bytes] = {}
         self.sets = {name: (datasets.tf_dataset(*data, batch_size, image_size=image_size), data[1])
                      for name, data in (("val", splits.validation), ("test", splits.test))}
-        self.passes = TrainModePass(model) if bn_layers(model) else None
         # GroupNorm/LayerNorm keep no moving statistics: nothing to recalibrate or diagnose, and each run says so.
         batch_free = [layer.name for layer in model.layers if isinstance(layer, NORM_LAYERS)] if not self.passes else []
         if batch_free:
             why = "no moving statistics (GroupNorm/LayerNorm): no precise recalibration, no BN diagnostics"
             self.files[BN_LAYERS_FILE] = json.dumps([{"layer": name, "skipped": why} for name in batch_free], indent=1).encode()
         self.recalibration = recalibration_batches(*splits.train, batch_size, image_size) if self.passes else None
-        # One trace for every evaluation, whatever a split's last batch holds (Keras' predict
-        # traced MobileNetV2 again for the test set's last batch: 9 s).
-        self.infer = tf.function(lambda x: model(x, training=False), input_signature=[input_spec(model)])
 
     def scores(self, name: str) -> Scores:
         dataset, labels = self.sets[name]

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from bnsearch import data, train
+from bnsearch import compiled, data, train
 from bnsearch.diagnostics import bn_diagnostics, bn_layers
 
 KEYS = {"bn_layers", "bn_channels", "bn_dead_channels", "bn_train_mode_val_accuracy", "bn_eval_mode_val_accuracy",
@@ -21,12 +21,12 @@ def datasets():
 
 def mlp(placement="before", momentum=0.9, seed=0):
     keras.utils.set_random_seed(seed)
-    return train.build_model("mlp", {"bn_placement": placement, "bn_momentum": momentum, "hidden_sizes": (32, 32)}, SHAPE, CLASSES)
+    return compiled.build_model("mlp", {"bn_placement": placement, "bn_momentum": momentum, "hidden_sizes": (32, 32)}, SHAPE, CLASSES)
 
 
 def fit(model, epochs=4):
     shuffled, _, val = datasets()
-    train.compile_model(model, {"learning_rate": 0.01})
+    compiled.compile_model(model, {"learning_rate": 0.01})
     model.fit(shuffled, validation_data=val, epochs=epochs, verbose=0, shuffle=False)
     return model
 
@@ -117,7 +117,7 @@ def test_nested_models_are_searched_and_probed():
 def test_registered_models_can_be_diagnosed(name):
     shape, options = {"mlp": ((8, 8, 1), {}), "convnet": ((12, 12, 1), {"filters": (4, 4)})}[name]
     keras.utils.set_random_seed(0)
-    model = train.build_model(name, {"bn_placement": "before", **options}, shape, 3)
+    model = compiled.build_model(name, {"bn_placement": "before", **options}, shape, 3)
     ds = tf.data.Dataset.from_tensor_slices((np.random.default_rng(0).random((16, *shape), np.float32), np.arange(16) % 3)).batch(8)
     d = bn_diagnostics(model, ds.take(1), ds)
     assert d["bn_layers"] == len(bn_layers(model)) > 0 and d["bn_stale_stats"] == 1.0  # never trained

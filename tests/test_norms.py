@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from bnsearch.models import Norm, create_model
-from bnsearch.models.norms import GhostBatchNormalization, group_count, make_norm
+from bnsearch.models.norms import BatchNormalization, GhostBatchNormalization, group_count, make_norm
 from bnsearch.precise_bn import TrainModePass, bn_layers, precise_statistics
 from bnsearch.spec import NORMS
 
@@ -57,7 +57,7 @@ def test_ghost_bn_survives_saving(tmp_path):
 def test_each_variant_makes_its_layer_with_its_settings():
     made = {kind: make_norm(Norm(kind=kind, momentum=0.9, epsilon=1e-5, groups=4, ghost_batch_size=16,
                                  renorm_rmax=2.0, renorm_dmax=1.0), "n", (4, 4, 8)) for kind in NORMS}
-    assert type(made["batch"]) is keras.layers.BatchNormalization and not made["batch"].renorm
+    assert type(made["batch"]) is BatchNormalization and not made["batch"].renorm
     assert made["renorm"].renorm and made["renorm"].renorm_clipping == {"rmax": 2.0, "rmin": 0.5, "dmax": 1.0}
     assert made["renorm"].renorm_momentum == 0.9
     assert made["ghost"].virtual_batch_size == 16 and made["ghost"].momentum == 0.9

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from bnsearch import results, train
+from bnsearch import compiled, results, train
 
 CONFIG = {"seed": 3, "bn_placement": "before", "learning_rate": 0.01, "batch_size": 64, "hidden_sizes": (16,)}
 
@@ -147,13 +147,14 @@ def test_each_epoch_has_its_own_order_from_seed_and_epoch():
 
 def test_warmup_then_constant_or_cosine():
     steps, epochs = 10, 3
-    cosine = train.learning_rate({"learning_rate": 0.1, "lr_schedule": "cosine", "warmup_epochs": 1}, steps, epochs)
-    constant = train.learning_rate({"learning_rate": 0.1, "warmup_epochs": 1}, steps, epochs)
+    cosine = compiled.learning_rate({"learning_rate": 0.1, "lr_schedule": "cosine", "warmup_epochs": 1}, steps, epochs)
+    constant = compiled.learning_rate({"learning_rate": 0.1, "warmup_epochs": 1}, steps, epochs)
     at = lambda schedule, step: float(schedule(step))  # noqa: E731
     assert at(cosine, 0) == 0.0 and at(cosine, 5) == pytest.approx(0.05) and at(cosine, 10) == pytest.approx(0.1)
     assert at(cosine, 20) == pytest.approx(0.05) and at(cosine, 30) == pytest.approx(0.0, abs=1e-9)
     assert at(constant, 5) == pytest.approx(0.05) and at(constant, 10) == at(constant, 30) == pytest.approx(0.1)
-    assert train.learning_rate({"learning_rate": 0.1}, steps, epochs) == 0.1  # no schedule asked: a plain number
+    plain = compiled.learning_rate({"learning_rate": 0.1}, steps, epochs)  # no schedule asked: constant from step 0
+    assert at(plain, 0) == at(plain, 30) == pytest.approx(0.1, rel=1e-7)
 
 
 def test_a_run_that_does_not_learn_is_collapsed_not_finished():
@@ -202,11 +203,11 @@ def test_evaluation_leaves_the_model_as_training_left_it():
     """Recalibration and batch-statistics predictions run BN in training mode, which moves the
     moving statistics: every non-trainable variable must be back, bit for bit, afterwards."""
     splits = train.datasets.split(train.datasets.load("digits"), 0, 0.1)
-    model = train.build_model("mlp", {"bn_placement": "before", "hidden_sizes": (16,)}, splits.input_shape, splits.num_classes)
-    train.compile_model(model, {})
+    model = compiled.build_model("mlp", {"bn_placement": "before", "hidden_sizes": (16,)}, splits.input_shape, splits.num_classes)
+    compiled.compile_model(model, {})
     model.fit(train.datasets.tf_dataset(*splits.train, 64), epochs=1, verbose=0)
     before = [v.numpy().copy() for v in model.variables]
-    train.Evaluator(model, splits, 64, None, "precise").evaluate(final=True, diverged=False)
+    train.Evaluator(compiled.Compiled.of(model), splits, 64, None, "precise").evaluate(final=True, diverged=False)
     assert all((a == v.numpy()).all() for a, v in zip(before, model.variables))
 
 

@@ -26,6 +26,9 @@
 
 ``group`` and ``layer`` need no batch and keep no moving statistics, so precise recalibration
 and the BN diagnostics do not apply to them (a run records why).
+
+Every layer made here is Keras' own with its momentum and epsilon :mod:`bnsearch.tunable`: a
+model kept from an earlier trial takes the next trial's values without tracing again.
 """
 
 from __future__ import annotations
@@ -35,11 +38,27 @@ import math
 import keras
 from keras import ops
 
+from bnsearch.tunable import Tunable
+
 MIN_GROUP_VALUES = 8
 
 
 @keras.saving.register_keras_serializable(package="bnsearch")
-class GhostBatchNormalization(keras.layers.BatchNormalization):
+class BatchNormalization(Tunable, keras.layers.BatchNormalization):
+    """Keras' BatchNormalization (plain, renorm or synchronized), its momenta and epsilon tunable."""
+
+    TUNABLE = ("momentum", "renorm_momentum", "epsilon")
+
+
+@keras.saving.register_keras_serializable(package="bnsearch")
+class GroupNormalization(Tunable, keras.layers.GroupNormalization):
+    """Keras' GroupNormalization, its epsilon tunable."""
+
+    TUNABLE = ("epsilon",)
+
+
+@keras.saving.register_keras_serializable(package="bnsearch")
+class GhostBatchNormalization(BatchNormalization):
     """BatchNormalization whose training statistics are per virtual batch of
     ``virtual_batch_size`` examples (the last one may be smaller); channels last."""
 
@@ -113,10 +132,9 @@ def group_count(wanted: int, shape) -> int:
 def make_norm(norm, name: str, shape):
     """The layer for ``norm`` (a :class:`bnsearch.models.blocks.Norm`) on inputs of ``shape``
     (without the batch axis, channels last)."""
-    L = keras.layers
     common = {"epsilon": norm.epsilon, "center": norm.center, "scale": norm.scale, "name": name}
     if norm.kind in ("group", "layer"):
-        return L.GroupNormalization(groups=1 if norm.kind == "layer" else group_count(norm.groups, shape), **common)
+        return GroupNormalization(groups=1 if norm.kind == "layer" else group_count(norm.groups, shape), **common)
     if norm.kind == "ghost":
         return GhostBatchNormalization(virtual_batch_size=norm.ghost_batch_size, momentum=norm.momentum, **common)
     if norm.kind not in ("batch", "renorm", "synchronized"):
@@ -125,7 +143,7 @@ def make_norm(norm, name: str, shape):
     if norm.kind == "renorm":
         extra = {"renorm": True, "renorm_momentum": norm.momentum,
                  "renorm_clipping": {"rmax": norm.renorm_rmax, "rmin": 1 / norm.renorm_rmax, "dmax": norm.renorm_dmax}}
-    return L.BatchNormalization(momentum=norm.momentum, **common, **extra)
+    return BatchNormalization(momentum=norm.momentum, **common, **extra)
 
 
 NORM_LAYERS = (keras.layers.BatchNormalization, keras.layers.GroupNormalization, keras.layers.LayerNormalization)
