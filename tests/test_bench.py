@@ -34,3 +34,18 @@ def test_pruned_trials_cost_only_the_epochs_they_ran():
     halving = optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=2)
     spent = search_efficiency.replay(study(optuna.samplers.RandomSampler(0), halving), CURVES, names, GRID, 4, good=89.5, max_trials=50)
     assert spent is not None and 4 <= spent < 4 * 6  # the good one ran all 4; the others were cut short
+
+
+def test_useful_work_is_epochs_times_the_steady_epoch_and_the_rest_is_overhead():
+    import dry_runs
+    import pandas as pd
+
+    rows = [  # a: 3 epochs, the first slowed by tracing and a slow start; b: stopped after its one epoch
+        {"trial_key": "a", "epoch": 1, "epoch_time_s": 5.0, "trace_time_s": 20.0, "eval_time_s": 2.0, "recalibration_time_s": 1.0},
+        {"trial_key": "a", "epoch": 2, "epoch_time_s": 3.0, "eval_time_s": 1.5, "recalibration_time_s": 1.0},
+        {"trial_key": "a", "epoch": 3, "epoch_time_s": 3.0, "eval_time_s": 1.5, "recalibration_time_s": 1.0},
+        {"trial_key": "b", "epoch": 1, "epoch_time_s": 4.0, "trace_time_s": 10.0, "eval_time_s": 1.0},
+    ]
+    figures = dry_runs.breakdown(pd.DataFrame(rows), wall_s=50.0, slots=2)
+    assert figures["slot_s"] == {"useful": 13.0, "first epochs": 32.0, "evaluation": 3.0, "recalibration": 3.0, "rest": 49.0}
+    assert figures["efficiency"] == 13.0 / 100 and figures["trials"] == 2 and figures["epochs"] == 4

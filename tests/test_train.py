@@ -212,6 +212,7 @@ def test_evaluation_leaves_the_model_as_training_left_it():
 
 
 def test_epoch_time_counts_training_steps_only():
+    compiled.forget()  # a model kept from an earlier test would not trace at all
     final, rec = fit(epochs=3)
     first, later = rec.reports[0][0], [m for m, _ in rec.reports[1:]]
     assert first["trace_time_s"] > 0 and all("trace_time_s" not in m for m in later)  # tracing: start-up, once
