@@ -156,7 +156,8 @@ _kept: OrderedDict[str, Compiled] = OrderedDict()
 
 def structure(model: str, config: Mapping[str, Any], input_shape, num_classes: int) -> str:
     """What decides the traced graph: a model kept under the same structure can train this configuration."""
-    values = {k: v for k, v in config.items() if k not in TRACE_FREE}
+    free = TRACE_FREE - set(model_parameters(model))  # a value a model builder takes may be a constant in its graph
+    values = {k: v for k, v in config.items() if k not in free}
     return json.dumps([model, list(input_shape), num_classes, bool(get(config, "weight_decay")), values], sort_keys=True, default=str)
 
 
