@@ -26,6 +26,7 @@ from pathlib import Path
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # this checkout's bnsearch, as the subprocesses get it
 DRY_RUNS = ("sweeps/placement.py", "sweeps/bn_vs_none.py")
 
 
@@ -34,6 +35,8 @@ def breakdown(table: pd.DataFrame, wall_s: float, slots: int) -> dict:
     useful = training = tracing = evaluation = recalibration = 0.0
     for _, trial in table.sort_values("epoch").groupby("trial_key"):
         epochs = trial["epoch_time_s"].dropna()
+        if epochs.empty:  # a trial that died before its first epoch: nothing useful, all of it in "rest"
+            continue
         steady = epochs.iloc[1:].median() if len(epochs) > 1 else epochs.iloc[0]
         useful += len(epochs) * steady
         training += epochs.sum()
@@ -52,11 +55,12 @@ def breakdown(table: pd.DataFrame, wall_s: float, slots: int) -> dict:
 
 def run(sweep_file: str) -> dict:
     """``sweep_file --dry-run`` in a fresh process and store; its wall time and breakdown."""
-    sys.path.insert(0, str(ROOT))
     from bnsearch.cli import load_sweep
 
     sweep = load_sweep(str(ROOT / sweep_file), dry_run=True)
+    # As phase.slots counts them for a local cluster (the CPUs here), capped by the sweep's own limit.
     slots = max(1, int((os.cpu_count() or 1) // sweep.resources.cpu))
+    slots = min(slots, sweep.budget.max_concurrent_trials or slots)
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "BNSEARCH_STORAGE")}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])  # this checkout's bnsearch
     with tempfile.TemporaryDirectory(prefix="bnsearch-dry-run-") as storage:
