@@ -52,7 +52,7 @@ def test_statuses_parent_tag_orphans_and_parent_reuse(tmp_path):
 
 
 def test_params_come_back_typed():
-    params = dict((p.key, p.value) for p in tracking._params({"lr": 0.001, "sizes": [32, 32], "bn": True, "arm": "before", "n": 3}))
+    params = dict((p.key, p.value) for p in tracking.as_params({"lr": 0.001, "sizes": [32, 32], "bn": True, "arm": "before", "n": 3}))
     assert params == {"lr": "0.001", "sizes": "[32, 32]", "bn": "true", "arm": "before", "n": "3"}  # readable in the UI
     assert {k: tracking.parse_param(v) for k, v in params.items()} == {"lr": 0.001, "sizes": [32, 32], "bn": True, "arm": "before", "n": 3}
 
@@ -84,3 +84,74 @@ def test_the_parent_run_carries_the_summary_under_valid_keys(tmp_path):
     assert run.data.metrics[tracking.mlflow_key(f"arm/{arm}/mean")] == 97.1
     assert tracking.mlflow_key(arm) == "bn_placement_before_batch_size_8"
     assert run.data.tags["verdict/before vs none"] == "supported: ..." and run.data.tags["mlflow.note.content"] == "**Verdicts**"
+
+
+class CountingClient:
+    """An MlflowClient that counts the calls made through it."""
+
+    def __init__(self, client):
+        self.client, self.calls = client, {}
+
+    def __getattr__(self, name):
+        attr = getattr(self.client, name)
+        if not callable(attr):
+            return attr
+
+        def counted(*args, **kwargs):
+            self.calls[name] = self.calls.get(name, 0) + 1
+            return attr(*args, **kwargs)
+        return counted
+
+    def total(self) -> int:
+        return sum(self.calls.values())
+
+
+def log_trials(t, count: int, metrics: int, epochs: int, finish: bool = True) -> list:
+    runs = []
+    for i in range(count):
+        run = tracking.TrialRun.open(t.tracking_uri, t.experiment_id, t.parent_run_id, f"sweep-1/search/a/trial{i}", f"t{i}",
+                                     params={"lr": 0.1 * i}, tags={"phase": "search", "arm": "a"})
+        for epoch in range(1, epochs + 1):
+            run.log_epoch(epoch, {f"m{k}": i + k + epoch / 10 for k in range(metrics)} | {"nan": float("nan")})
+        if finish:
+            run.finish()
+        runs.append(run)
+    return runs
+
+
+def test_a_sweep_reads_back_in_one_request_per_trial_and_a_read_again_costs_one(tmp_path):
+    t = tracker(tmp_path)
+    log_trials(t, count=4, metrics=12, epochs=3)
+    reader = tracking.SweepTracker(t.tracking_uri, "exp", create=False)
+    reader.open_sweep("sweep-1")
+    reader.client = counting = CountingClient(reader.client)
+    records = reader.trial_records()
+    assert counting.calls == {"search_runs": 1, "download_artifacts": 4}  # none per metric
+    by_name = {r["tags"]["mlflow.runName"]: r for r in records}
+    assert by_name["t2"]["history"]["m5"] == {1: 2 + 5.1, 2: 2 + 5.2, 3: 2 + 5.3}
+    assert set(by_name["t2"]["history"]) == {*(f"m{k}" for k in range(12)), "nan"}
+    # Read as MLflow stores them, one request per metric: the same records.
+    slow = [{**r, "history": tracking.store.read_history(reader.client.client, reader.client.get_run(r["run_id"]))} for r in records]
+    assert str(slow) == str(records)  # str: NaN == NaN
+    counting.calls.clear()
+    assert reader.trial_records() == records and counting.calls == {"search_runs": 1}  # nothing changed: nothing read
+
+
+def test_a_stale_or_missing_history_file_falls_back_to_the_store(tmp_path):
+    t = tracker(tmp_path)
+    stale, unwritten = log_trials(t, count=2, metrics=2, epochs=2, finish=False)
+    stale.finish()
+    stale.log_epoch(3, {"m0": 9.0, "m1": 9.5, "nan": 0.0})  # a retry that died before writing the file again
+    records = {r["run_id"]: r["history"] for r in t.trial_records()}
+    assert records[stale.run_id]["m0"] == {1: 0.1, 2: 0.2, 3: 9.0}
+    assert records[unwritten.run_id]["m1"] == {1: 2.1, 2: 2.2}
+    # A resumed trial starts from what its run holds, so the file it writes at the end is whole.
+    again = tracking.TrialRun.open(t.tracking_uri, t.experiment_id, t.parent_run_id, "sweep-1/search/a/trial0", "t0")
+    again.log_epoch(4, {"m0": 10.0, "m1": 10.5, "nan": 1.0})
+    again.finish()
+    reader = tracking.SweepTracker(t.tracking_uri, "exp", create=False)
+    reader.open_sweep("sweep-1")
+    reader.client = counting = CountingClient(reader.client)
+    history = {r["run_id"]: r["history"] for r in reader.trial_records()}[stale.run_id]
+    assert history["m0"] == {1: 0.1, 2: 0.2, 3: 9.0, 4: 10.0} and "get_metric_history" in counting.calls  # the unwritten one
+    assert counting.calls["get_metric_history"] == 3  # only the run without a file, one per metric

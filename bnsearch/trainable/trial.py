@@ -78,7 +78,7 @@ def train_trial(config: dict, setup: TrialSetup) -> None:
             if checkpoint_dir:
                 run.save_pending(checkpoint_dir)  # held back by an outage: resumed with the checkpoint
             if train.ends_run(metrics, setup.max_epochs):
-                run.flush()  # the driver closes the run on this report: every epoch must be in by then
+                run.finish()  # the driver closes the run on this report: every epoch must be in by then
         checkpoint = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
         tune.report(metrics, checkpoint=checkpoint)
 
@@ -92,8 +92,8 @@ def train_trial(config: dict, setup: TrialSetup) -> None:
                       checkpoint_every_s=setup.checkpoint_every_s, arrays=None if setup.arrays is None else ray.get(setup.arrays),
                       keep=run.log_files if run else None)
     finally:
-        if run and run.pending:  # stopped early by the scheduler during an outage
-            run.flush()
+        if run:  # stopped early by the scheduler (its report raised SystemExit), or crashed
+            run.finish()
 
 
 @ray.remote(num_cpus=0)

@@ -1,0 +1,148 @@
+"""The MLflow store itself: where it lives, retrying it while it does not answer, finding a
+run by its tags, params as typed text, and a trial's metric history as one file."""
+
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import requests
+from mlflow.entities import Param
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+# The report fetches a file per replicate run: one tqdm bar each would bury what the driver prints.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+# A new SQLite store announces its schema migration at INFO, twice, on every first run: not news.
+for _name in ("mlflow.store.db.utils", "alembic"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
+
+# How long a trial or the driver keeps retrying a tracking server that does not answer.
+RETRY_TIMEOUT_S = float(os.environ.get("BNSEARCH_TRACKING_RETRY_TIMEOUT_S", 600))
+UNREACHABLE = (MlflowException, OSError, requests.RequestException)
+
+
+DEFAULT_STORAGE = "bnsearch-results"
+
+
+def default_tracking_uri(storage: str | Path) -> str:
+    """A local SQLite store beside the sweep's results."""
+    return f"sqlite:///{Path(storage).resolve() / 'mlflow.db'}"
+
+
+def resolve_tracking_uri(uri: str | None = None, storage: str | Path = DEFAULT_STORAGE) -> str:
+    """The URI given, else ``$MLFLOW_TRACKING_URI``, else the local store under ``storage``."""
+    return uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(storage)
+
+
+def local_artifact_root(tracking_uri: str, storage: str | Path) -> Path | None:
+    """Artifacts of a local SQLite store live beside it; a tracking server decides its own."""
+    return Path(storage).resolve() / "artifacts" if tracking_uri.startswith("sqlite:") else None
+
+
+def transient(error: Exception) -> bool:
+    """A server that is down or overloaded, not a request MLflow rejects as wrong."""
+    return not isinstance(error, MlflowException) or error.get_http_status_code() >= 500
+
+
+def with_retries(call: Callable[[], Any], what: str, timeout_s: float | None = None) -> Any:
+    """``call()``, retried with growing pauses while the tracking store does not answer."""
+    deadline = time.monotonic() + (RETRY_TIMEOUT_S if timeout_s is None else timeout_s)
+    pause = 1.0
+    while True:
+        try:
+            return call()
+        except UNREACHABLE as error:
+            if not transient(error) or time.monotonic() + pause > deadline:
+                raise RuntimeError(f"MLflow did not answer while {what}: {error}") from error
+            time.sleep(pause)
+            pause = min(pause * 2, 30.0)
+
+
+def check_reachable(tracking_uri: str, attempts: int = 3) -> str | None:
+    """None if a tracking server answers at ``tracking_uri`` (or it is a local store), else why not."""
+    if not tracking_uri.startswith(("http://", "https://")):
+        return None
+    reason = ""
+    for attempt in range(attempts):
+        try:
+            response = requests.get(f"{tracking_uri.rstrip('/')}/health", timeout=3)
+            if response.ok:
+                return None
+            reason = f"HTTP {response.status_code} from /health"
+        except requests.RequestException as error:
+            reason = type(error).__name__
+        time.sleep(attempt)
+    return reason
+
+
+def find_run(client: MlflowClient, experiment_id: str, **tags: str):
+    query = " and ".join(f"tags.{k} = '{v}'" for k, v in tags.items())
+    runs = client.search_runs([experiment_id], filter_string=query, max_results=2)
+    return runs[0] if runs else None
+
+
+def as_params(values: Mapping[str, Any]) -> list[Param]:
+    # JSON for everything but plain strings, so parse_param() gives back the typed value.
+    return [Param(k, v if isinstance(v, str) else json.dumps(v)) for k, v in sorted(values.items())]
+
+
+def parse_param(text: str) -> Any:
+    """A logged param's value: numbers, booleans and lists come back typed, strings as they are."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def mlflow_key(name: str) -> str:
+    """``name`` as a valid MLflow metric or tag key: characters MLflow refuses become ``_``."""
+    return re.sub(r"[^/\w.\- ]", "_", name)
+
+
+HISTORY_FILE = "history.json"  # per trial run: every metric's per-epoch values, read back in one request
+
+
+def encode_history(history: Mapping[str, Mapping[int, float]]) -> dict[str, Any]:
+    return {"metrics": {key: [[step, value] for step, value in sorted(steps.items())] for key, steps in history.items()}}
+
+
+def decode_history(content: bytes) -> dict[str, dict[int, float]]:
+    return {key: {int(step): float(value) for step, value in rows} for key, rows in json.loads(content)["metrics"].items()}
+
+
+def agrees(history: Mapping[str, Mapping[int, float]], latest: Mapping[str, float]) -> bool:
+    """Whether a history file holds what the run's latest metrics say it ended with: a trial
+    that logged more epochs after writing it (a retry that died hard) has a stale one."""
+    if set(history) != set(latest):
+        return False
+    for key, value in latest.items():
+        last = history[key][max(history[key])] if history[key] else None
+        if last is None or not (last == value or (last != last and value != value)):
+            return False
+    return True
+
+
+def read_history(client: MlflowClient, run) -> dict[str, dict[int, float]]:
+    """Every metric's per-epoch values as the store holds them: one request per metric."""
+    return {key: {m.step: m.value for m in client.get_metric_history(run.info.run_id, key)} for key in run.data.metrics}
+
+
+def run_history(client: MlflowClient, run) -> dict[str, dict[int, float]]:
+    """A run's history from the file its trial wrote (one request) when that file agrees with
+    the run's latest metrics; else (no file: a run from before, a trial whose process died;
+    a stale one) from the store, one request per metric."""
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            stored = decode_history(Path(client.download_artifacts(run.info.run_id, HISTORY_FILE, tmp)).read_bytes())
+        except (MlflowException, OSError, ValueError, KeyError):
+            stored = None
+    return stored if stored is not None and agrees(stored, run.data.metrics) else read_history(client, run)

@@ -1,0 +1,172 @@
+"""Driver side: the sweep's experiment and parent run, closing child runs, reading a sweep back."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import Metric, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NOTE
+
+from bnsearch.spec import COMPLETED
+from bnsearch.tracking.store import as_params, find_run, mlflow_key, parse_param, run_history, with_retries
+from bnsearch.tracking.trial import TrialRun
+
+MAX_TAG_LENGTH = 8000  # MLflow's limit on a tag value
+SEARCH_PAGE = 50000  # MLflow's most runs per search request
+# What MLflow's own run status says for each of ours (spec.COMPLETED, and a crash): only a crash is FAILED.
+_RUN_STATUS = {status: "FINISHED" for status in COMPLETED} | {"failed": "FAILED"}
+
+
+class SweepTracker:
+    """Driver side: experiment, parent run, closing child runs, reading a sweep back."""
+
+    def __init__(self, tracking_uri: str, experiment: str, artifact_root: str | Path | None = None, create: bool = True):
+        self.tracking_uri = tracking_uri
+        self.client = MlflowClient(tracking_uri)
+        found = self.client.get_experiment_by_name(experiment)
+        if found is None and not create:
+            raise LookupError(f"no experiment {experiment!r} in {tracking_uri}")
+        if found is None:
+            location = Path(artifact_root).resolve().as_uri() if artifact_root else None
+            self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
+        else:
+            self.experiment_id = found.experiment_id
+        self.parent_run_id: str | None = None
+        self._read: dict[str, tuple] = {}  # run id -> (what the run looked like, its record)
+
+    def start_sweep(self, sweep_id: str, params: Mapping[str, Any], tags: Mapping[str, str], artifacts: Mapping[str, Any]) -> str:
+        """Find or create the parent run of ``sweep_id``; log params, tags and JSON artifacts."""
+        run = find_run(self.client, self.experiment_id, sweep_id=sweep_id, role="sweep")
+        if run is None:
+            run = self.client.create_run(self.experiment_id, run_name=sweep_id, tags={"sweep_id": sweep_id, "role": "sweep", **tags})
+            self.client.log_batch(run.info.run_id, params=as_params(params))
+            for name, content in artifacts.items():
+                self.client.log_dict(run.info.run_id, content, name)
+        else:
+            self.client.update_run(run.info.run_id, status="RUNNING")
+        self.parent_run_id = run.info.run_id
+        return self.parent_run_id
+
+    def close_trial(self, trial_key: str, status: str, run_name: str = "") -> None:
+        """Set a child run's final status (tag and MLflow status); create it if the trial
+        died before it could."""
+        with_retries(lambda: self._close_trial(trial_key, status, run_name), f"closing the run of {trial_key}")
+
+    def _close_trial(self, trial_key: str, status: str, run_name: str) -> None:
+        run = find_run(self.client, self.experiment_id, trial_key=trial_key)
+        if run is None:
+            run = TrialRun.open(self.tracking_uri, self.experiment_id, self.parent_run_id, trial_key, run_name or trial_key).run
+        elif run.info.status != "RUNNING" and run.data.tags.get("status") == status:
+            return  # closed already (a trial replayed after a driver restart): keep its end time
+        self.client.set_tag(run.info.run_id, "status", status)
+        self.client.set_terminated(run.info.run_id, _RUN_STATUS[status])
+
+    def close_orphans(self) -> int:
+        """Mark child runs still RUNNING (their trial never reported an end) as failed."""
+        return with_retries(self._close_orphans, "closing orphaned runs")
+
+    def _close_orphans(self) -> int:
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{self.parent_run_id}' and attributes.status = 'RUNNING'",
+        )
+        for run in runs:
+            self.client.set_tag(run.info.run_id, "status", "failed")
+            self.client.set_terminated(run.info.run_id, "FAILED")
+        return len(runs)
+
+    def end_sweep(self, ok: bool) -> None:
+        self.client.set_terminated(self.parent_run_id, "FINISHED" if ok else "FAILED")
+
+    def unfinished_sweep(self, spec: Mapping[str, Any], alive: Callable[[Mapping[str, str]], bool]) -> str | None:
+        """The latest sweep of this experiment that its driver never closed (a driver that
+        ends, even by an exception, closes its parent run; a killed one cannot), if it was
+        started from the same spec and ``alive(tags)`` says its driver is gone; else None."""
+        runs = self.client.search_runs([self.experiment_id], filter_string="tags.role = 'sweep' and attributes.status = 'RUNNING'",
+                                       order_by=["attributes.start_time DESC"], max_results=1)
+        if not runs or alive(runs[0].data.tags):
+            return None
+        with tempfile.TemporaryDirectory() as tmp:
+            recorded = json.loads(Path(self.client.download_artifacts(runs[0].info.run_id, "spec.json", tmp)).read_text())
+        return runs[0].data.tags["sweep_id"] if recorded == json.loads(json.dumps(spec)) else None
+
+    def open_sweep(self, sweep_id: str | None = None) -> str:
+        """Attach to an existing sweep's parent run (the latest one when ``sweep_id`` is None);
+        return its sweep id."""
+        tags = {"role": "sweep", **({"sweep_id": sweep_id} if sweep_id else {})}
+        query = " and ".join(f"tags.{k} = '{v}'" for k, v in tags.items())
+        runs = self.client.search_runs([self.experiment_id], filter_string=query, order_by=["attributes.start_time DESC"], max_results=1)
+        if not runs:
+            raise LookupError(f"no sweep {sweep_id!r} in this experiment" if sweep_id else "no sweep in this experiment yet")
+        self.parent_run_id = runs[0].info.run_id
+        return runs[0].data.tags["sweep_id"]
+
+    def child_runs(self):
+        return self.client.search_runs([self.experiment_id], filter_string=f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{self.parent_run_id}'",
+                                       max_results=SEARCH_PAGE)
+
+    def trial_records(self) -> list[dict[str, Any]]:
+        """Every child run as plain data: run id, tags, typed params and each metric's
+        per-epoch history ``{key: {step: value}}``.
+
+        One search for the runs, then one file per run (the history its trial wrote); a run this
+        tracker read before and that has not changed since (same status, tags and latest
+        metrics) is not read again, so the driver's reads after each phase cost one request
+        plus one per new or changed run."""
+        records = []
+        for run in self.child_runs():
+            seen = (run.info.status, run.info.end_time, repr(sorted(run.data.tags.items())), repr(sorted(run.data.metrics.items())))  # repr: NaN
+            known = self._read.get(run.info.run_id)
+            if known is None or known[0] != seen:
+                record = {"run_id": run.info.run_id, "tags": dict(run.data.tags),
+                          "params": {k: parse_param(v) for k, v in run.data.params.items()},
+                          "history": run_history(self.client, run)}
+                known = self._read[run.info.run_id] = (seen, record)
+            records.append(known[1])
+        return records
+
+    def run_file(self, run_id: str, name: str) -> bytes | None:
+        """The bytes of one artifact of a trial run; None if it has none by that name."""
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                return Path(self.client.download_artifacts(run_id, name, tmp)).read_bytes()
+            except (MlflowException, OSError):
+                return None
+
+    def read_json(self, name: str) -> Any:
+        """A JSON artifact of the parent run (``spec.json``, ``versions.json``)."""
+        with tempfile.TemporaryDirectory() as tmp:
+            return json.loads(Path(self.client.download_artifacts(self.parent_run_id, name, tmp)).read_text())
+
+    def download(self, name: str, directory: str | Path) -> Path | None:
+        """Download one artifact of the parent run; None if it has none by that name."""
+        if name not in {a.path for a in self.client.list_artifacts(self.parent_run_id)}:
+            return None
+        return Path(self.client.download_artifacts(self.parent_run_id, name, str(directory)))
+
+    def log_files(self, directory: str | Path) -> None:
+        """Log every file under ``directory`` on the parent run, keeping relative paths."""
+        self.client.log_artifacts(self.parent_run_id, str(directory))
+
+    def tags(self) -> dict[str, str]:
+        """The parent run's tags."""
+        return dict(self.client.get_run(self.parent_run_id).data.tags)
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        for key, value in tags.items():
+            self.client.set_tag(self.parent_run_id, key, value)
+
+    def log_summary(self, metrics: Mapping[str, float], tags: Mapping[str, str], description: str) -> None:
+        """The sweep's results where the MLflow UI shows them without opening a file: metrics and
+        tags on the parent run (keys made valid MLflow names) and its description (Markdown)."""
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.parent_run_id, metrics=[Metric(mlflow_key(k), float(v), now, 0) for k, v in metrics.items()],
+                              tags=[RunTag(mlflow_key(k), str(v)[:MAX_TAG_LENGTH]) for k, v in tags.items()])
+        self.client.set_tag(self.parent_run_id, MLFLOW_RUN_NOTE, description)
