@@ -22,11 +22,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from bnsearch.identity import KEYS as IDENTITY_KEYS, TrialId
 from bnsearch.spec import COMPLETED, FAILURES
 
 IDENTITY = ("sweep_id", "phase", "arm", "trial_index", "seed", "status", "run_id", "trial_key")
 # Params that identify a trial or describe the sweep rather than configure the trial.
-NOT_CONFIG = {"arm", "phase", "trial_index", "seed", "split_seed", "model", "dataset"}
+NOT_CONFIG = {*IDENTITY_KEYS, "split_seed", "model", "dataset"}
 FILE = "results.parquet"
 # The best configuration is chosen on the mean of the metric over a trial's last epochs: one
 # epoch's value is noisy, and the noise picks winners.
@@ -38,9 +39,9 @@ def from_records(records: list[dict[str, Any]]) -> pd.DataFrame:
     rows = []
     for record in records:
         tags, params = record["tags"], record["params"]
+        trial = TrialId.from_run(tags, params)
         identity = {
-            "sweep_id": tags.get("sweep_id"), "phase": tags.get("phase"), "arm": tags.get("arm"),
-            "trial_index": params.get("trial_index"), "seed": params.get("seed", _int(tags.get("seed"))),
+            "sweep_id": trial.sweep_id, "phase": trial.phase, "arm": trial.arm, "trial_index": trial.trial_index, "seed": trial.seed,
             "status": tags.get("status"), "run_id": record["run_id"], "trial_key": tags.get("trial_key"),
         }
         config = {
@@ -65,10 +66,6 @@ def from_records(records: list[dict[str, Any]]) -> pd.DataFrame:
     metrics = sorted(c for c in table.columns if c not in front and not c.startswith("config."))
     configs = sorted(c for c in table.columns if c.startswith("config."))
     return table[front + metrics + configs].sort_values(["phase", "arm", "trial_index", "epoch"], ignore_index=True)
-
-
-def _int(value: str | None) -> int | None:
-    return int(value) if value not in (None, "") else None
 
 
 def last_epochs(table: pd.DataFrame, phase: str) -> pd.DataFrame:

@@ -17,6 +17,7 @@ import requests
 from mlflow.tracking import MlflowClient
 
 from bnsearch import server, tracking
+from bnsearch.identity import TrialId
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -128,7 +129,7 @@ EPOCHS, METRICS, WRITERS = 30, 5, 16
 
 
 def write_trial(uri: str, experiment_id: str, parent_run_id: str, index: int) -> None:
-    run = tracking.TrialRun.open(uri, experiment_id, parent_run_id, f"load/trial{index}", f"trial-{index}", params={"i": index})
+    run = tracking.TrialRun.open(uri, experiment_id, parent_run_id, TrialId("load", "search", "a", index, index), params={"i": index})
     for epoch in range(1, EPOCHS + 1):
         run.log_epoch(epoch, {f"m{k}": index + epoch / 100 + k for k in range(METRICS)})
     run.flush()
@@ -160,7 +161,7 @@ def test_metrics_held_back_by_an_outage_are_sent_later_and_survive_a_checkpoint(
     first = server.MlflowServer(backend, artifacts, port=port, state_dir=tmp_path).start()
     sweep = tracking.SweepTracker(first.url, "outage")
     sweep.start_sweep("outage", params={}, tags={}, artifacts={})
-    run = tracking.TrialRun.open(first.url, sweep.experiment_id, sweep.parent_run_id, "outage/trial0", "trial-0")
+    run = tracking.TrialRun.open(first.url, sweep.experiment_id, sweep.parent_run_id, TrialId("outage", "search", "a", 0, 0))
     run.log_epoch(1, {"loss": 1.0})
     first.stop()
     start = time.monotonic()

@@ -72,6 +72,17 @@ def test_per_epoch_metrics_and_statuses(finished):
     assert all(c.data.tags["bn_moving_variance"] == "biased" and "version.tensorflow" in c.data.tags for c in children)
 
 
+
+def test_every_trial_left_its_whole_history_in_one_file(finished, tmp_path):
+    """Finished, stopped by ASHA (its report raised SystemExit), diverged: each wrote the file
+    the report reads instead of one request per metric, and it holds what MLflow holds."""
+    from bnsearch.tracking import HISTORY_FILE, store
+
+    _, client, _, children, _ = finished
+    for c in children:
+        stored = store.decode_history(Path(client.download_artifacts(c.info.run_id, HISTORY_FILE, str(tmp_path))).read_bytes())
+        assert str(stored) == str(store.read_history(client, c)), c.data.tags["status"]  # str: NaN == NaN
+
 def test_the_parent_run_records_spec_and_versions(finished, tmp_path):
     _, client, parents, _, _ = finished
     parent = parents[0]

@@ -2,6 +2,11 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from bnsearch import tracking
+from bnsearch.identity import TrialId
+
+
+def trial(arm: str, index: int = 0, sweep_id: str = "sweep-1") -> TrialId:
+    return TrialId(sweep_id, "search", arm, index, index)
 
 
 def tracker(tmp_path):
@@ -12,14 +17,14 @@ def tracker(tmp_path):
 
 def test_a_trial_key_maps_to_exactly_one_run(tmp_path):
     t = tracker(tmp_path)
-    open_ = lambda: tracking.TrialRun.open(t.tracking_uri, t.experiment_id, t.parent_run_id, "sweep-1/search/abc", "r", params={"lr": 0.1})  # noqa: E731
+    open_ = lambda: tracking.TrialRun.open(t.tracking_uri, t.experiment_id, t.parent_run_id, trial("abc"), params={"lr": 0.1})  # noqa: E731
     first = open_()
     first.log_epoch(1, {"val_accuracy": 0.5})
-    t.close_trial("sweep-1/search/abc", "failed")  # its node died
+    t.close_trial(trial("abc"), "failed")  # its node died
     again = open_()  # Tune retries it
     assert again.run_id == first.run_id and len(t.child_runs()) == 1 and not again.completed
     assert MlflowClient(t.tracking_uri).get_run(again.run_id).info.status == "RUNNING"
-    t.close_trial("sweep-1/search/abc", "stopped_early")
+    t.close_trial(trial("abc"), "stopped_early")
     resumed = open_()  # a resumed sweep meets a trial that already ended: replayed, not reopened
     assert resumed.run_id == first.run_id and resumed.completed and len(t.child_runs()) == 1
     assert MlflowClient(t.tracking_uri).get_run(resumed.run_id).info.status == "FINISHED"
@@ -27,7 +32,7 @@ def test_a_trial_key_maps_to_exactly_one_run(tmp_path):
 
 def test_a_repeated_metric_write_is_stored_once(tmp_path):
     t = tracker(tmp_path)
-    run = tracking.TrialRun.open(t.tracking_uri, t.experiment_id, t.parent_run_id, "k", "r")
+    run = tracking.TrialRun.open(t.tracking_uri, t.experiment_id, t.parent_run_id, trial("k"))
     run.log_epoch(1, {"loss": 1.0})
     original = run.client.get_metric_history(run.run_id, "loss")[0]
     run.client.log_batch(run.run_id, metrics=[original])  # what a client retry sends
@@ -36,13 +41,13 @@ def test_a_repeated_metric_write_is_stored_once(tmp_path):
 
 def test_statuses_parent_tag_orphans_and_parent_reuse(tmp_path):
     t = tracker(tmp_path)
-    for key in ("a", "b", "c"):
-        tracking.TrialRun.open(t.tracking_uri, t.experiment_id, t.parent_run_id, key, key)
-    t.close_trial("a", "diverged")
-    t.close_trial("b", "failed")
-    t.close_trial("never-started", "failed", run_name="x")  # died before opening its run
+    for arm in ("a", "b", "c"):
+        tracking.TrialRun.open(t.tracking_uri, t.experiment_id, t.parent_run_id, trial(arm))
+    t.close_trial(trial("a"), "diverged")
+    t.close_trial(trial("b"), "failed")
+    t.close_trial(trial("never-started"), "failed")  # died before opening its run
     assert t.close_orphans() == 1  # c never reported an end
-    runs = {r.data.tags["trial_key"]: r for r in t.child_runs()}
+    runs = {r.data.tags["arm"]: r for r in t.child_runs()}
     assert {k: (r.info.status, r.data.tags["status"]) for k, r in runs.items()} == {
         "a": ("FINISHED", "diverged"), "b": ("FAILED", "failed"), "c": ("FAILED", "failed"), "never-started": ("FAILED", "failed"),
     }
@@ -59,15 +64,15 @@ def test_params_come_back_typed():
 
 def test_reading_a_sweep_back(tmp_path):
     t = tracker(tmp_path)
-    run = tracking.TrialRun.open(t.tracking_uri, t.experiment_id, t.parent_run_id, "sweep-1/search/a", "a", params={"lr": 0.1},
-                                 tags={"phase": "search", "arm": "none"})
+    run = tracking.TrialRun.open(t.tracking_uri, t.experiment_id, t.parent_run_id, trial("none"), params={"lr": 0.1},
+                                 tags={"dry_run": "true"})
     run.log_epoch(1, {"val_accuracy": 0.5, "epoch": 1})
     run.log_epoch(2, {"val_accuracy": 0.7, "epoch": 2})
     t.start_sweep("sweep-2", {}, {}, {})  # a later sweep in the same experiment
     reader = tracking.SweepTracker(t.tracking_uri, "exp", create=False)
     assert reader.open_sweep() == "sweep-2" and reader.open_sweep("sweep-1") == "sweep-1"
     [record] = reader.trial_records()
-    assert record["params"] == {"lr": 0.1} and record["tags"]["arm"] == "none"
+    assert record["params"] == {"lr": 0.1} and record["tags"]["arm"] == "none" and record["tags"]["dry_run"] == "true"
     assert record["history"]["val_accuracy"] == {1: 0.5, 2: 0.7}
     assert reader.read_json("spec.json") == {"a": 1} and reader.download("nothing.txt", tmp_path) is None
     with pytest.raises(LookupError):
@@ -109,8 +114,7 @@ class CountingClient:
 def log_trials(t, count: int, metrics: int, epochs: int, finish: bool = True) -> list:
     runs = []
     for i in range(count):
-        run = tracking.TrialRun.open(t.tracking_uri, t.experiment_id, t.parent_run_id, f"sweep-1/search/a/trial{i}", f"t{i}",
-                                     params={"lr": 0.1 * i}, tags={"phase": "search", "arm": "a"})
+        run = tracking.TrialRun.open(t.tracking_uri, t.experiment_id, t.parent_run_id, trial("a", i), params={"lr": 0.1 * i})
         for epoch in range(1, epochs + 1):
             run.log_epoch(epoch, {f"m{k}": i + k + epoch / 10 for k in range(metrics)} | {"nan": float("nan")})
         if finish:
@@ -119,22 +123,25 @@ def log_trials(t, count: int, metrics: int, epochs: int, finish: bool = True) ->
     return runs
 
 
-def test_a_sweep_reads_back_in_one_request_per_trial_and_a_read_again_costs_one(tmp_path):
+def test_a_sweep_reads_back_in_one_request_per_trial_and_a_read_again_costs_one(tmp_path, monkeypatch):
+    files = []
+    read_artifact = tracking.store.read_artifact
+    monkeypatch.setattr(tracking.store, "read_artifact", lambda uri, name: files.append(name) or read_artifact(uri, name))
     t = tracker(tmp_path)
     log_trials(t, count=4, metrics=12, epochs=3)
     reader = tracking.SweepTracker(t.tracking_uri, "exp", create=False)
     reader.open_sweep("sweep-1")
     reader.client = counting = CountingClient(reader.client)
     records = reader.trial_records()
-    assert counting.calls == {"search_runs": 1, "download_artifacts": 4}  # none per metric
-    by_name = {r["tags"]["mlflow.runName"]: r for r in records}
-    assert by_name["t2"]["history"]["m5"] == {1: 2 + 5.1, 2: 2 + 5.2, 3: 2 + 5.3}
-    assert set(by_name["t2"]["history"]) == {*(f"m{k}" for k in range(12)), "nan"}
+    assert counting.calls == {"search_runs": 1} and files == [tracking.HISTORY_FILE] * 4  # none per metric
+    by_name = {r["tags"]["mlflow.runName"]: r for r in records}  # search-a-002: the third
+    assert by_name["search-a-002"]["history"]["m5"] == {1: 2 + 5.1, 2: 2 + 5.2, 3: 2 + 5.3}
+    assert set(by_name["search-a-002"]["history"]) == {*(f"m{k}" for k in range(12)), "nan"}
     # Read as MLflow stores them, one request per metric: the same records.
     slow = [{**r, "history": tracking.store.read_history(reader.client.client, reader.client.get_run(r["run_id"]))} for r in records]
     assert str(slow) == str(records)  # str: NaN == NaN
     counting.calls.clear()
-    assert reader.trial_records() == records and counting.calls == {"search_runs": 1}  # nothing changed: nothing read
+    assert reader.trial_records() == records and counting.calls == {"search_runs": 1} and len(files) == 4  # nothing changed: nothing read
 
 
 def test_a_stale_or_missing_history_file_falls_back_to_the_store(tmp_path):
@@ -146,7 +153,7 @@ def test_a_stale_or_missing_history_file_falls_back_to_the_store(tmp_path):
     assert records[stale.run_id]["m0"] == {1: 0.1, 2: 0.2, 3: 9.0}
     assert records[unwritten.run_id]["m1"] == {1: 2.1, 2: 2.2}
     # A resumed trial starts from what its run holds, so the file it writes at the end is whole.
-    again = tracking.TrialRun.open(t.tracking_uri, t.experiment_id, t.parent_run_id, "sweep-1/search/a/trial0", "t0")
+    again = tracking.TrialRun.open(t.tracking_uri, t.experiment_id, t.parent_run_id, trial("a", 0))
     again.log_epoch(4, {"m0": 10.0, "m1": 10.5, "nan": 1.0})
     again.finish()
     reader = tracking.SweepTracker(t.tracking_uri, "exp", create=False)

@@ -3,7 +3,8 @@
 from ray.tune.search import Searcher
 
 from bnsearch.spec import SEARCH_SEED_BASE, SEARCH_SPLIT_SEED, Budget, ComplementLogUniform, LogUniform, Sweep
-from bnsearch.trainable import ArmSearcher, FixedConfigs, trial_key, trial_status
+from bnsearch.identity import TrialId
+from bnsearch.trainable import ArmSearcher, FixedConfigs, trial_status
 
 SWEEP = Sweep(
     name="t", model="mlp", dataset="digits", scientific={"bn_placement": ("none", "before", "after")},
@@ -42,10 +43,13 @@ def test_fixed_configs_hand_out_exactly_their_configs_then_finish(tmp_path):
 
 
 def test_trials_are_identified_by_arm_and_seed_or_trial_index_never_by_tune_id():
-    replicate = {"phase": "replicate", "arm": "before", "seed": 3}
-    assert trial_key("s", replicate) == "s/replicate/before/seed3"
+    key = lambda config: TrialId.of("s", config).key  # noqa: E731
+    replicate = {"phase": "replicate", "arm": "before", "seed": 3, "trial_index": 3, "learning_rate": 0.1}
+    assert key(replicate) == "s/replicate/before/seed3" and TrialId.of("s", replicate).run_name == "replicate-before-003"
     search = {"phase": "search", "arm": "before", "seed": 10_003, "trial_index": 3}
-    assert trial_key("s", search) == "s/search/before/trial3" != trial_key("s", {**search, "arm": "none"})
+    assert key(search) == "s/search/before/trial3" != key({**search, "arm": "none"})
+    trial = TrialId.of("s", search)
+    assert TrialId.from_run(trial.tags(), {"trial_index": 3}) == trial  # read back from its run
 
 
 def test_a_crashed_trial_is_replaced_so_every_arm_gets_its_full_count():

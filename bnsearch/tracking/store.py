@@ -17,6 +17,7 @@ from typing import Any
 import requests
 from mlflow.entities import Param
 from mlflow.exceptions import MlflowException
+from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 from mlflow.tracking import MlflowClient
 
 # The report fetches a file per replicate run: one tqdm bar each would bury what the driver prints.
@@ -131,6 +132,13 @@ def agrees(history: Mapping[str, Mapping[int, float]], latest: Mapping[str, floa
     return True
 
 
+def read_artifact(artifact_uri: str, name: str) -> bytes:
+    """One file of a run, from the run's artifact location straight (the client's own download
+    first looks the run up again: two more requests per file)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        return Path(get_artifact_repository(artifact_uri).download_artifacts(name, tmp)).read_bytes()
+
+
 def read_history(client: MlflowClient, run) -> dict[str, dict[int, float]]:
     """Every metric's per-epoch values as the store holds them: one request per metric."""
     return {key: {m.step: m.value for m in client.get_metric_history(run.info.run_id, key)} for key in run.data.metrics}
@@ -140,9 +148,8 @@ def run_history(client: MlflowClient, run) -> dict[str, dict[int, float]]:
     """A run's history from the file its trial wrote (one request) when that file agrees with
     the run's latest metrics; else (no file: a run from before, a trial whose process died;
     a stale one) from the store, one request per metric."""
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            stored = decode_history(Path(client.download_artifacts(run.info.run_id, HISTORY_FILE, tmp)).read_bytes())
-        except (MlflowException, OSError, ValueError, KeyError):
-            stored = None
+    try:
+        stored = decode_history(read_artifact(run.info.artifact_uri, HISTORY_FILE))
+    except (MlflowException, OSError, ValueError, KeyError):
+        stored = None
     return stored if stored is not None and agrees(stored, run.data.metrics) else read_history(client, run)

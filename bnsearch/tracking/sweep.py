@@ -14,6 +14,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NOTE
 
+from bnsearch.identity import TrialId
 from bnsearch.spec import COMPLETED
 from bnsearch.tracking.store import as_params, find_run, mlflow_key, parse_param, run_history, with_retries
 from bnsearch.tracking.trial import TrialRun
@@ -54,15 +55,15 @@ class SweepTracker:
         self.parent_run_id = run.info.run_id
         return self.parent_run_id
 
-    def close_trial(self, trial_key: str, status: str, run_name: str = "") -> None:
+    def close_trial(self, trial: TrialId, status: str) -> None:
         """Set a child run's final status (tag and MLflow status); create it if the trial
         died before it could."""
-        with_retries(lambda: self._close_trial(trial_key, status, run_name), f"closing the run of {trial_key}")
+        with_retries(lambda: self._close_trial(trial, status), f"closing the run of {trial.key}")
 
-    def _close_trial(self, trial_key: str, status: str, run_name: str) -> None:
-        run = find_run(self.client, self.experiment_id, trial_key=trial_key)
+    def _close_trial(self, trial: TrialId, status: str) -> None:
+        run = find_run(self.client, self.experiment_id, trial_key=trial.key)
         if run is None:
-            run = TrialRun.open(self.tracking_uri, self.experiment_id, self.parent_run_id, trial_key, run_name or trial_key).run
+            run = TrialRun.open(self.tracking_uri, self.experiment_id, self.parent_run_id, trial).run
         elif run.info.status != "RUNNING" and run.data.tags.get("status") == status:
             return  # closed already (a trial replayed after a driver restart): keep its end time
         self.client.set_tag(run.info.run_id, "status", status)

@@ -15,6 +15,7 @@ from mlflow.entities import Metric, RunStatus
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
+from bnsearch.identity import TrialId
 from bnsearch.spec import COMPLETED
 from bnsearch.tracking.store import (
     HISTORY_FILE, UNREACHABLE, as_params, encode_history, find_run, read_history, transient, with_retries,
@@ -44,24 +45,26 @@ class TrialRun:
         self.warned = False
 
     @classmethod
-    def open(cls, tracking_uri: str, experiment_id: str, parent_run_id: str | None, trial_key: str, run_name: str,
+    def open(cls, tracking_uri: str, experiment_id: str, parent_run_id: str | None, trial: TrialId,
              params: Mapping[str, Any] | None = None, tags: Mapping[str, str] | None = None) -> TrialRun:
+        """The run of ``trial`` (found by its key, else created under the parent run, tagged with
+        its identity and ``tags``, ``params`` logged)."""
         # Give up on one request within seconds rather than MLflow's minutes of retries: the
         # epoch's metrics wait in `pending` and training goes on.
         for name, value in TRIAL_HTTP_SETTINGS.items():
             os.environ.setdefault(name, value)
         client = MlflowClient(tracking_uri)
-        return with_retries(lambda: cls._open(client, experiment_id, parent_run_id, trial_key, run_name, params, tags),
-                            f"opening the MLflow run of {trial_key}")
+        return with_retries(lambda: cls._open(client, experiment_id, parent_run_id, trial, params, tags),
+                            f"opening the MLflow run of {trial.key}")
 
     @classmethod
-    def _open(cls, client, experiment_id, parent_run_id, trial_key, run_name, params, tags) -> TrialRun:
-        run = find_run(client, experiment_id, trial_key=trial_key)
+    def _open(cls, client, experiment_id, parent_run_id, trial: TrialId, params, tags) -> TrialRun:
+        run = find_run(client, experiment_id, trial_key=trial.key)
         if run is None:
-            all_tags = {MLFLOW_RUN_NAME: run_name, "trial_key": trial_key, "status": "running", **(tags or {})}
+            all_tags = {MLFLOW_RUN_NAME: trial.run_name, "trial_key": trial.key, "status": "running", **trial.tags(), **(tags or {})}
             if parent_run_id:
                 all_tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
-            run = client.create_run(experiment_id, run_name=run_name, tags=all_tags)
+            run = client.create_run(experiment_id, run_name=trial.run_name, tags=all_tags)
             if params:
                 client.log_batch(run.info.run_id, params=as_params(params))
             return cls(client, run)

@@ -15,11 +15,12 @@ from ray import tune
 from ray.tune.schedulers import FIFOScheduler
 
 from bnsearch import data, progress, search, tracking
+from bnsearch.identity import TrialId
 from bnsearch.models.registry import is_import_path
 from bnsearch.spec import FAILURES, SpecError, Sweep, one_line
 from bnsearch.trainable.searchers import ArmScheduler, ArmSearcher, FixedConfigs
 from bnsearch.trainable.trial import (
-    TrialSetup, dataset_loaded, load_dataset, model_problems, run_name, train_trial, trial_key, trial_status,
+    TrialSetup, dataset_loaded, load_dataset, model_problems, train_trial, trial_status,
 )
 
 
@@ -31,7 +32,7 @@ class CloseTrialRuns(tune.Callback):
 
     def _close(self, trial, errored: bool) -> None:
         status = trial_status(trial.last_result, self.max_epochs, errored)
-        self.tracker.close_trial(trial_key(self.sweep_id, trial.config), status, run_name(trial.config))
+        self.tracker.close_trial(TrialId.of(self.sweep_id, trial.config), status)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._close(trial, errored=False)

@@ -12,6 +12,7 @@ import ray
 from ray import tune
 
 from bnsearch import data, tracking
+from bnsearch.identity import TrialId
 from bnsearch.spec import SpecError, Sweep
 
 
@@ -35,21 +36,6 @@ class TrialSetup:
     track: bool = True  # False only to measure what tracking costs (bench/)
 
 
-def trial_key(sweep_id: str, config: dict) -> str:
-    """A trial's MLflow identity: its arm and its place in that arm (search: trial index,
-    replicate: seed), never Tune's trial id. A driver killed after starting a trial but before
-    Tune saved it gets, on restore, the same suggestion from the restored searcher under a new
-    Tune id; keyed like this, it lands in the run the first attempt opened, as does a trial
-    retried from a checkpoint or a seed replicated again."""
-    if config["phase"] == "replicate":
-        return f"{sweep_id}/replicate/{config['arm']}/seed{config['seed']}"
-    return f"{sweep_id}/{config['phase']}/{config['arm']}/trial{config['trial_index']}"
-
-
-def run_name(config: dict) -> str:
-    return f"{config['phase']}-{config['arm']}-{config['trial_index']:03d}"
-
-
 def train_trial(config: dict, setup: TrialSetup) -> None:
     """The Tune function trainable: one Keras training, tracked in its own MLflow child run."""
     # When this process is reused for the next trial, Tune waits this long (default 2 s) for the
@@ -58,12 +44,10 @@ def train_trial(config: dict, setup: TrialSetup) -> None:
     os.environ["TUNE_FUNCTION_THREAD_TIMEOUT_S"] = "60"
     from bnsearch import train  # TensorFlow loads here, in the worker
 
-    key = trial_key(setup.sweep_id, config)
     run = setup.track and tracking.TrialRun.open(
-        setup.tracking_uri, setup.experiment_id, setup.parent_run_id, key, run_name(config),
+        setup.tracking_uri, setup.experiment_id, setup.parent_run_id, TrialId.of(setup.sweep_id, config),
         params={**config, "model": setup.model, "dataset": setup.dataset, **{f"dataset.{k}": v for k, v in setup.dataset_args.items()}},
-        tags={"arm": config["arm"], "phase": config["phase"], "seed": str(config["seed"]), "sweep_id": setup.sweep_id,
-              **setup.run_tags, **train.environment()},
+        tags={**setup.run_tags, **train.environment()},
     )
     if run and run.completed:
         # It ended after Tune's last snapshot of a driver that was then killed: hand Tune (and the
