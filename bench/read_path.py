@@ -1,7 +1,7 @@
 """The read path at scale: a synthetic MLflow store of a sweep with 10,000 trial runs, read back
 as the driver and `bnsearch report` read it, with MLflow client calls counted.
 
-    python bench/read_path.py [--runs 10000] [--epochs 10] [--store DIR] [--old-sample 200]
+    python bench/read_path.py [--runs 10000] [--epochs 10] [--store DIR] [--old-sample 20]
 
 The store holds what a sweep of ``bn_vs_none`` leaves: ``--runs`` child runs under one parent
 (all but 40 search trials over two arms, finished or stopped early; 2 arms x 20 replicate seeds
@@ -179,7 +179,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=10_000)
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--store", type=Path, help="where the synthetic store is kept (reused if it has --runs runs)")
-    parser.add_argument("--old-sample", type=int, default=200, help="runs read the old way (one request per metric)")
+    parser.add_argument("--old-sample", type=int, default=20, help="runs read the old way (one request per metric)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bnsearch-read-") as tmp:
         storage = (args.store or Path(tmp)).resolve()

@@ -9,6 +9,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only; no display on a cluster node
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.collections import LineCollection  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
@@ -90,15 +91,16 @@ def parallel_coordinates(last: pd.DataFrame, arms: list[str], metric: str, path:
     for ax, arm in zip(axes[:, 0], arms):
         rows = last[(last["arm"] == arm) & ~last["status"].isin(FAILURES)].dropna(subset=[metric])
         configs = [results.searched_config(r) for _, r in rows.iterrows()]
-        names = sorted({k for c in configs for k in c if len({repr(x.get(k)) for x in configs}) > 1})
+        names = [k for k in sorted({k for c in configs for k in c}) if len({repr(c.get(k)) for c in configs}) > 1]
         columns = {name: axis_values([c.get(name) for c in configs]) for name in names}
         columns[metric] = axis_values(list(rows[metric]))
         for i, (scaled, low, high) in enumerate(columns.values()):
             ax.text(i, -0.12, low, ha="center", va="top", fontsize=7)
             ax.text(i, 1.04, high, ha="center", va="bottom", fontsize=7)
         matrix = np.array([scaled for scaled, _, _ in columns.values()]).T
-        for line in matrix:
-            ax.plot(range(len(columns)), line, color=plt.cm.viridis(line[-1]), alpha=0.8)
+        lines = [np.column_stack([np.arange(len(columns)), line]) for line in matrix]  # one artist for all: 10,000 trials draw in a second
+        ax.add_collection(LineCollection(lines, colors=plt.cm.viridis(matrix[:, -1]) if len(matrix) else None, alpha=0.8))
+        ax.set_xlim(-0.2, len(columns) - 0.8)
         ax.set_xticks(range(len(columns)), list(columns), fontsize=8)
         ax.tick_params(axis="x", pad=12)
         ax.set_ylim(-0.05, 1.05)

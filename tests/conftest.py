@@ -1,5 +1,9 @@
+import glob
 import os
+import shutil
 import socket
+import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -43,3 +47,40 @@ def finished_sweep(tmp_path_factory):
     finally:
         ray.shutdown()
     return code, storage, tracking.default_tracking_uri(storage)
+
+
+@pytest.fixture(scope="session")
+def postgres(free_port):
+    """A PostgreSQL server of the tests' own (Debian's ``postgresql``), on loopback with its own
+    data directory, as a team or a cluster head would run it for MLflow. Yields ``new_database(name)``,
+    which creates a database and returns its SQLAlchemy URI. Skipped where PostgreSQL is not
+    installed, unless $BNSEARCH_REQUIRE_POSTGRES is set (CI installs it)."""
+    initdb = shutil.which("initdb") or next(iter(sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), reverse=True)), None)
+    if initdb is None:
+        if os.environ.get("BNSEARCH_REQUIRE_POSTGRES"):
+            pytest.fail("PostgreSQL is not installed (apt-get install postgresql) but BNSEARCH_REQUIRE_POSTGRES is set")
+        pytest.skip("PostgreSQL is not installed (apt-get install postgresql)")
+    bin_dir = Path(os.path.realpath(initdb)).parent
+    data = Path(tempfile.mkdtemp(prefix="bnsearch-postgres-"))
+    as_postgres = []
+    if os.geteuid() == 0:  # PostgreSQL refuses to run as root: its own user, made by the package
+        shutil.chown(data, "postgres")
+        as_postgres = ["runuser", "-u", "postgres", "--"]
+    port = free_port()
+
+    def pg(*command: str) -> None:
+        subprocess.run(as_postgres + list(command), check=True, capture_output=True, text=True)
+
+    pg(str(bin_dir / "initdb"), "-D", str(data / "db"), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync")
+    pg(str(bin_dir / "pg_ctl"), "-D", str(data / "db"), "-l", str(data / "server.log"), "-w", "-t", "60", "start",
+       "-o", f"-p {port} -k {data} -c listen_addresses=127.0.0.1 -c max_connections=200")
+
+    def new_database(name: str) -> str:
+        pg(str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", name)
+        return f"postgresql://postgres@127.0.0.1:{port}/{name}"
+
+    try:
+        yield new_database
+    finally:
+        pg(str(bin_dir / "pg_ctl"), "-D", str(data / "db"), "-m", "fast", "-w", "stop")
+        shutil.rmtree(data, ignore_errors=True)

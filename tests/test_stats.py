@@ -271,3 +271,13 @@ def test_expected_best_is_the_expected_maximum_of_k_draws_by_enumeration():
     assert np.all(np.diff(mean) > 0)
     low, _ = stats.expected_best(scores, maximize=False)
     assert low[0] == pytest.approx(np.mean(scores)) and low[-1] < low[0]
+
+
+def test_expected_best_in_blocks_of_k_matches_the_whole_formula():
+    scores = np.random.default_rng(0).normal(size=600)  # past two blocks of 256 rows
+    mean, sd = stats.expected_best(scores)
+    v, cdf = np.sort(scores), np.arange(601) / 600
+    for k in (1, 256, 257, 300, 600):
+        weights = cdf[1:] ** k - cdf[:-1] ** k
+        assert mean[k - 1] == pytest.approx(weights @ v) and sd[k - 1] == pytest.approx(np.sqrt(weights @ v**2 - (weights @ v) ** 2))
+    assert mean[0] == pytest.approx(scores.mean()) and np.all(np.diff(mean) >= -1e-12)  # more trials never expect a worse best

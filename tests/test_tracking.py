@@ -1,4 +1,8 @@
+import json
+import time
+
 import pytest
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from bnsearch import tracking
@@ -20,6 +24,7 @@ def test_a_trial_key_maps_to_exactly_one_run(tmp_path):
     open_ = lambda: tracking.TrialRun.open(t.tracking_uri, t.experiment_id, t.parent_run_id, trial("abc"), params={"lr": 0.1})  # noqa: E731
     first = open_()
     first.log_epoch(1, {"val_accuracy": 0.5})
+    first.flush()
     t.close_trial(trial("abc"), "failed")  # its node died
     again = open_()  # Tune retries it
     assert again.run_id == first.run_id and len(t.child_runs()) == 1 and not again.completed
@@ -34,6 +39,7 @@ def test_a_repeated_metric_write_is_stored_once(tmp_path):
     t = tracker(tmp_path)
     run = tracking.TrialRun.open(t.tracking_uri, t.experiment_id, t.parent_run_id, trial("k"))
     run.log_epoch(1, {"loss": 1.0})
+    run.flush()
     original = run.client.get_metric_history(run.run_id, "loss")[0]
     run.client.log_batch(run.run_id, metrics=[original])  # what a client retry sends
     assert len(run.client.get_metric_history(run.run_id, "loss")) == 1
@@ -68,6 +74,7 @@ def test_reading_a_sweep_back(tmp_path):
                                  tags={"dry_run": "true"})
     run.log_epoch(1, {"val_accuracy": 0.5, "epoch": 1})
     run.log_epoch(2, {"val_accuracy": 0.7, "epoch": 2})
+    run.flush()  # sent, but no history file: read back one request per metric
     t.start_sweep("sweep-2", {}, {}, {})  # a later sweep in the same experiment
     reader = tracking.SweepTracker(t.tracking_uri, "exp", create=False)
     assert reader.open_sweep() == "sweep-2" and reader.open_sweep("sweep-1") == "sweep-1"
@@ -117,8 +124,7 @@ def log_trials(t, count: int, metrics: int, epochs: int, finish: bool = True) ->
         run = tracking.TrialRun.open(t.tracking_uri, t.experiment_id, t.parent_run_id, trial("a", i), params={"lr": 0.1 * i})
         for epoch in range(1, epochs + 1):
             run.log_epoch(epoch, {f"m{k}": i + k + epoch / 10 for k in range(metrics)} | {"nan": float("nan")})
-        if finish:
-            run.finish()
+        run.finish() if finish else run.flush()
         runs.append(run)
     return runs
 
@@ -149,6 +155,7 @@ def test_a_stale_or_missing_history_file_falls_back_to_the_store(tmp_path):
     stale, unwritten = log_trials(t, count=2, metrics=2, epochs=2, finish=False)
     stale.finish()
     stale.log_epoch(3, {"m0": 9.0, "m1": 9.5, "nan": 0.0})  # a retry that died before writing the file again
+    stale.flush()
     records = {r["run_id"]: r["history"] for r in t.trial_records()}
     assert records[stale.run_id]["m0"] == {1: 0.1, 2: 0.2, 3: 9.0}
     assert records[unwritten.run_id]["m1"] == {1: 2.1, 2: 2.2}
@@ -162,3 +169,67 @@ def test_a_stale_or_missing_history_file_falls_back_to_the_store(tmp_path):
     history = {r["run_id"]: r["history"] for r in reader.trial_records()}[stale.run_id]
     assert history["m0"] == {1: 0.1, 2: 0.2, 3: 9.0, 4: 10.0} and "get_metric_history" in counting.calls  # the unwritten one
     assert counting.calls["get_metric_history"] == 3  # only the run without a file, one per metric
+
+
+def test_training_does_not_wait_for_the_store_and_nothing_queued_is_lost(tmp_path):
+    """A slow store (0.3 s per request): ten epochs queue in well under one request's time; a
+    checkpoint taken meanwhile holds what is not in yet; finish() waits until all is in."""
+    t = tracker(tmp_path)
+    run = tracking.TrialRun.open(t.tracking_uri, t.experiment_id, t.parent_run_id, trial("slow"))
+    log_batch = run.client.log_batch
+    run.client.log_batch = lambda *a, **k: time.sleep(0.3) or log_batch(*a, **k)
+    start = time.perf_counter()
+    for epoch in range(1, 11):
+        run.log_epoch(epoch, {"loss": 1 / epoch, "epoch": epoch})
+    assert time.perf_counter() - start < 0.3
+    run.save_pending(tmp_path)
+    assert len(json.loads((tmp_path / "pending_metrics.json").read_text())) >= 2  # not sent yet: kept with the checkpoint
+    run.finish()
+    assert not run.pending and not run._sender.is_alive()  # the sender ends with the run
+    steps = [m.step for m in MlflowClient(t.tracking_uri).get_metric_history(run.run_id, "loss")]
+    assert sorted(steps) == list(range(1, 11))
+
+
+def test_a_request_the_store_rejects_reaches_the_trial(tmp_path):
+    t = tracker(tmp_path)
+    run = tracking.TrialRun.open(t.tracking_uri, t.experiment_id, t.parent_run_id, trial("bad"))
+    run.log_epoch(1, {"x" * 300: 1.0})  # longer than MLflow allows a metric key
+    with pytest.raises(MlflowException):
+        run.flush(timeout_s=30)
+
+
+def test_a_retried_open_still_logs_the_params_its_first_try_did_not(tmp_path, monkeypatch):
+    """Under load the store can take a run's creation and then fail the request with its
+    params: the retry finds the run, and must log them there, not leave a run without them."""
+    import requests
+
+    failed = []
+
+    class FlakyClient(MlflowClient):
+        def log_batch(self, run_id, metrics=(), params=(), tags=(), **kwargs):
+            if params and not failed:
+                failed.append(run_id)
+                raise requests.ConnectionError("the store is busy")
+            return super().log_batch(run_id, metrics=metrics, params=params, tags=tags, **kwargs)
+
+    monkeypatch.setattr(tracking.trial, "MlflowClient", FlakyClient)
+    t = tracker(tmp_path)
+    run = tracking.TrialRun.open(t.tracking_uri, t.experiment_id, t.parent_run_id, trial("busy"), params={"lr": 0.1})
+    assert failed == [run.run_id] and len(t.child_runs()) == 1
+    assert MlflowClient(t.tracking_uri).get_run(run.run_id).data.params == {"lr": "0.1"}
+
+
+def test_a_spare_run_of_a_retried_creation_is_never_the_one_used(tmp_path):
+    """A server that timed out a creation and then carried out it and its retry leaves two
+    runs with one key: the trial, the driver and the reader all take the same one."""
+    t = tracker(tmp_path)
+    spare = MlflowClient(t.tracking_uri).create_run(t.experiment_id, tags={"trial_key": trial("twice").key,
+                                                                           "mlflow.parentRunId": t.parent_run_id})
+    run = tracking.TrialRun.open(t.tracking_uri, t.experiment_id, t.parent_run_id, trial("twice"), params={"lr": 0.1})
+    assert run.run_id == spare.info.run_id  # the earlier of two empty runs
+    MlflowClient(t.tracking_uri).create_run(t.experiment_id, tags={"trial_key": trial("twice").key, "mlflow.parentRunId": t.parent_run_id})
+    run.log_epoch(1, {"loss": 1.0})
+    run.finish()
+    t.close_trial(trial("twice"), "finished")
+    [record] = t.trial_records()  # the later spare is left out
+    assert record["run_id"] == run.run_id and record["tags"]["status"] == "finished" and record["params"] == {"lr": 0.1}

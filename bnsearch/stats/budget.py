@@ -23,9 +23,11 @@ def expected_best(scores, *, maximize=True) -> tuple[np.ndarray, np.ndarray]:
     n = len(v)
     if n == 0:
         return np.array([]), np.array([])
-    k = np.arange(1, n + 1)[:, None]
     cdf = np.arange(n + 1) / n
-    weights = cdf[1:] ** k - cdf[:-1] ** k  # P(the max of k draws is v_(i)), one row per k
-    mean = weights @ v
-    sd = np.sqrt(np.maximum(weights @ v**2 - mean**2, 0.0))
+    mean, second = np.empty(n), np.empty(n)
+    for start in range(0, n, 256):  # rows of k at a time: an n x n matrix would not fit at 100,000 trials
+        k = np.arange(start + 1, min(start + 256, n) + 1)[:, None]
+        weights = cdf[1:] ** k - cdf[:-1] ** k  # P(the max of k draws is v_(i)), one row per k
+        mean[start:start + len(k)], second[start:start + len(k)] = weights @ v, weights @ v**2
+    sd = np.sqrt(np.maximum(second - mean**2, 0.0))
     return (mean if maximize else -mean), sd

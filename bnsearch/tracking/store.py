@@ -86,9 +86,16 @@ def check_reachable(tracking_uri: str, attempts: int = 3) -> str | None:
 
 
 def find_run(client: MlflowClient, experiment_id: str, **tags: str):
+    """The run with these tags (the one :func:`first_run` picks where a retry made more), or None."""
     query = " and ".join(f"tags.{k} = '{v}'" for k, v in tags.items())
-    runs = client.search_runs([experiment_id], filter_string=query, max_results=2)
-    return runs[0] if runs else None
+    return first_run(client.search_runs([experiment_id], filter_string=query, max_results=100))
+
+
+def first_run(runs: list):
+    """Which of several runs with one trial key counts: one with metrics, else the earliest.
+    Several exist when a server under load timed out a run's creation and then carried out
+    both the request and its retry; every reader picks the same one, so the spare stays empty."""
+    return min(runs, key=lambda r: (not r.data.metrics, r.info.start_time, r.info.run_id)) if runs else None
 
 
 def as_params(values: Mapping[str, Any]) -> list[Param]:

@@ -16,7 +16,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NOTE
 
 from bnsearch.identity import TrialId
 from bnsearch.spec import COMPLETED
-from bnsearch.tracking.store import as_params, find_run, mlflow_key, parse_param, run_history, with_retries
+from bnsearch.tracking.store import as_params, find_run, first_run, mlflow_key, parse_param, run_history, with_retries
 from bnsearch.tracking.trial import TrialRun
 
 MAX_TAG_LENGTH = 8000  # MLflow's limit on a tag value
@@ -122,7 +122,10 @@ class SweepTracker:
         metrics) is not read again, so the driver's reads after each phase cost one request
         plus one per new or changed run."""
         records = []
+        by_key: dict[str, list] = {}
         for run in self.child_runs():
+            by_key.setdefault(run.data.tags.get("trial_key", run.info.run_id), []).append(run)
+        for run in map(first_run, by_key.values()):  # a spare run of a retried creation is left out
             seen = (run.info.status, run.info.end_time, repr(sorted(run.data.tags.items())), repr(sorted(run.data.metrics.items())))  # repr: NaN
             known = self._read.get(run.info.run_id)
             if known is None or known[0] != seen:

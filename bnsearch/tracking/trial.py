@@ -6,6 +6,7 @@ import json
 import os
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,7 +19,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 from bnsearch.identity import TrialId
 from bnsearch.spec import COMPLETED
 from bnsearch.tracking.store import (
-    HISTORY_FILE, UNREACHABLE, as_params, encode_history, find_run, read_history, transient, with_retries,
+    HISTORY_FILE, RETRY_TIMEOUT_S, UNREACHABLE, as_params, encode_history, find_run, read_history, transient, with_retries,
 )
 
 PENDING_FILE = "pending_metrics.json"
@@ -31,10 +32,12 @@ TRIAL_HTTP_SETTINGS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQU
 class TrialRun:
     """The child run of one trial.
 
-    A tracking server that stops answering does not stop training: an epoch's metrics that
-    cannot be sent wait, and go with the next epoch's batch or with :meth:`flush`. Every value
-    logged is also kept in :attr:`history`, which :meth:`finish` writes as one file, so that
-    reading the run back costs one request, not one per metric."""
+    Metrics leave from a thread of their own, so training never waits for the store: an epoch's
+    values are queued and sent in one batch with whatever else is queued, and a tracking server
+    that stops answering only makes the queue wait (a checkpoint keeps it: :meth:`save_pending`).
+    :meth:`flush` waits until everything is in. Every value logged is also kept in
+    :attr:`history`, which :meth:`finish` writes as one file, so that reading the run back costs
+    one request, not one per metric."""
 
     def __init__(self, client: MlflowClient, run, history: dict[str, dict[int, float]] | None = None):
         self.client, self.run = client, run
@@ -43,6 +46,10 @@ class TrialRun:
         self.history: dict[str, dict[int, float]] = history or {}
         self.written = 0  # how many values the history file holds
         self.warned = False
+        self._changed = threading.Condition()  # guards pending; notified when it grows or shrinks
+        self._sender: threading.Thread | None = None
+        self._closed = False
+        self._failure: Exception | None = None  # a request the store rejected, raised in the trial's thread
 
     @classmethod
     def open(cls, tracking_uri: str, experiment_id: str, parent_run_id: str | None, trial: TrialId,
@@ -64,14 +71,15 @@ class TrialRun:
             all_tags = {MLFLOW_RUN_NAME: trial.run_name, "trial_key": trial.key, "status": "running", **trial.tags(), **(tags or {})}
             if parent_run_id:
                 all_tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
-            run = client.create_run(experiment_id, run_name=trial.run_name, tags=all_tags)
-            if params:
-                client.log_batch(run.info.run_id, params=as_params(params))
-            return cls(client, run)
-        if run.info.status != RunStatus.to_string(RunStatus.RUNNING) and run.data.tags.get("status") not in COMPLETED:
+            created = client.create_run(experiment_id, run_name=trial.run_name, tags=all_tags)
+            run = find_run(client, experiment_id, trial_key=trial.key) or created  # a retried creation may have made two
+        elif run.info.status != RunStatus.to_string(RunStatus.RUNNING) and run.data.tags.get("status") not in COMPLETED:
             client.update_run(run.info.run_id, status="RUNNING")
+        missing = {k: v for k, v in (params or {}).items() if k not in run.data.params}
+        if missing:  # also when a retry finds the run its first try created before logging them failed
+            client.log_batch(run.info.run_id, params=as_params(missing))
         # A retried or resumed trial goes on with what its run already holds (rare: read in full).
-        return cls(client, run, read_history(client, run))
+        return cls(client, run, read_history(client, run) if run.data.metrics else None)
 
     @property
     def completed(self) -> bool:
@@ -83,22 +91,18 @@ class TrialRun:
         return dict(self.run.data.metrics)
 
     def log_epoch(self, step: int, metrics: Mapping[str, float]) -> None:
-        """Send this epoch's metrics, and any an outage held back, in one batched request;
-        if the server does not answer, keep them for the next try. A resent batch repeats
-        identical rows (same key, value, timestamp, step), which the store keeps once."""
+        """Queue this epoch's metrics for the sender thread and return at once. A batch resent
+        after a failed try repeats identical rows (same key, value, timestamp, step), which the
+        store keeps once."""
+        self._raise_failure()
         timestamp = int(time.time() * 1000)
         rows = [Metric(k, float(v), timestamp, step) for k, v in metrics.items()]
-        self._remember(rows)
-        self.pending += rows
-        try:
-            self._send()
-        except UNREACHABLE as error:
-            if not transient(error):
-                raise
-            if not self.warned:
-                print(f"bnsearch: MLflow unreachable ({type(error).__name__}); training goes on, "
-                      f"{len(self.pending)} metric values held for the next try", file=sys.stderr, flush=True)
-                self.warned = True
+        with self._changed:
+            self._remember(rows)
+            self.pending += rows
+            self._closed = False
+            self._changed.notify_all()
+        self._start_sender()
 
     def log_files(self, files: Mapping[str, bytes]) -> None:
         """Log each ``{name: content}`` as an artifact of this run, in one upload."""
@@ -110,37 +114,82 @@ class TrialRun:
             with_retries(lambda: self.client.log_artifacts(self.run_id, tmp), f"logging the files of run {self.run_id}")
 
     def flush(self, timeout_s: float | None = None) -> None:
-        """Send everything held back, retrying until ``timeout_s``; then raise."""
-        with_retries(self._send, f"sending {len(self.pending)} held-back metric values of run {self.run_id}", timeout_s)
+        """Wait until everything queued is in the store, at most ``timeout_s`` (default: the
+        retry timeout); then raise."""
+        self._start_sender()
+        with self._changed:
+            done = self._changed.wait_for(lambda: not self.pending or self._failure,
+                                          timeout=RETRY_TIMEOUT_S if timeout_s is None else timeout_s)
+        self._raise_failure()
+        if not done:
+            raise RuntimeError(f"MLflow did not answer while sending {len(self.pending)} held-back metric values of run {self.run_id}")
 
     def finish(self) -> None:
         """Before the trial's last report and when its process is done with it (a scheduler's
         stop, a crash it survives): everything held back sent, and the whole history written
         as one file (again only if it grew)."""
         self.flush()
+        with self._changed:
+            self._closed = True  # the sender thread ends
+            self._changed.notify_all()
         size = sum(map(len, self.history.values()))
         if size > self.written:
             self.log_files({HISTORY_FILE: json.dumps(encode_history(self.history)).encode()})
             self.written = size
 
     def save_pending(self, directory: str | Path) -> None:
-        """Keep what is held back in a checkpoint, so a trial resumed from it still sends it."""
-        rows = [[m.key, m.value, m.timestamp, m.step] for m in self.pending]
+        """Keep what is not in the store yet in a checkpoint, so a trial resumed from it still sends it."""
+        with self._changed:
+            rows = [[m.key, m.value, m.timestamp, m.step] for m in self.pending]
         (Path(directory) / PENDING_FILE).write_text(json.dumps(rows))
 
     def load_pending(self, directory: str | Path) -> None:
         file = Path(directory) / PENDING_FILE
         if file.is_file():
             held = [Metric(*row) for row in json.loads(file.read_text())]
-            self._remember(held)
-            self.pending = held + self.pending
+            with self._changed:  # before the first epoch: nothing is being sent yet
+                self._remember(held)
+                self.pending[:0] = held
 
     def _remember(self, rows: list[Metric]) -> None:
         for m in rows:
             self.history.setdefault(m.key, {})[m.step] = m.value
 
-    def _send(self) -> None:
-        while self.pending:
-            batch = self.pending[:MAX_METRICS_PER_BATCH]
-            self.client.log_batch(self.run_id, metrics=batch)
-            del self.pending[:len(batch)]
+    def _raise_failure(self) -> None:
+        if self._failure is not None:
+            raise self._failure
+
+    def _start_sender(self) -> None:
+        if self.pending and (self._sender is None or not self._sender.is_alive()):
+            self._sender = threading.Thread(target=self._send_until_closed, name=f"mlflow-{self.run_id[:8]}", daemon=True)
+            self._sender.start()
+
+    def _send_until_closed(self) -> None:
+        """The sender thread: everything queued, in batches, retried with growing pauses while
+        the server does not answer; it ends once the run is finished and nothing is queued."""
+        pause = 1.0
+        while True:
+            with self._changed:
+                self._changed.wait_for(lambda: self.pending or self._closed)
+                if not self.pending:
+                    return
+                batch = self.pending[:MAX_METRICS_PER_BATCH]
+            try:
+                self.client.log_batch(self.run_id, metrics=batch)
+            except UNREACHABLE as error:
+                if not transient(error):
+                    with self._changed:
+                        self._failure = error
+                        self._changed.notify_all()
+                    return
+                if not self.warned:
+                    print(f"bnsearch: MLflow unreachable ({type(error).__name__}); training goes on, "
+                          f"{len(self.pending)} metric values held for the next try", file=sys.stderr, flush=True)
+                    self.warned = True
+                time.sleep(pause)
+                pause = min(pause * 2, 30.0)
+                continue
+            pause = 1.0
+            with self._changed:
+                del self.pending[:len(batch)]  # only this thread removes, and only from the front
+                self._changed.notify_all()
