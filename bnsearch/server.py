@@ -1,7 +1,7 @@
 """``bnsearch server``: a real ``mlflow server`` for a sweep's trials to log to, run as a child
 process group so that stopping it stops all of it (killing only the parent leaves MLflow's job
-consumers running). MLflow is started as a program, not imported: tracking.py stays its only
-importer.
+consumers running). MLflow is started as a program, not imported: bnsearch.tracking stays its
+only importer.
 
     bnsearch server                                   # SQLite under ./bnsearch-results, 127.0.0.1:5000
     bnsearch server --host 0.0.0.0 --backend-store-uri postgresql://... --artifacts-destination s3://...

@@ -153,7 +153,7 @@ def team_server(request, tmp_path, free_port):
         yield request.param, running
 
 
-def test_64_concurrent_writers_lose_nothing_and_read_back_in_one_request_per_trial(team_server):
+def test_64_concurrent_writers_lose_nothing_and_read_back_in_one_request_per_trial(team_server, monkeypatch):
     backend, mlflow_server = team_server
     sweep = tracking.SweepTracker(mlflow_server.url, "load")  # the driver creates experiment and parent first
     sweep.start_sweep("load", params={}, tags={}, artifacts={})
@@ -164,8 +164,13 @@ def test_64_concurrent_writers_lose_nothing_and_read_back_in_one_request_per_tri
                                     for p in range(WRITER_PROCESSES)])
     write_s = time.perf_counter() - start
     start = time.perf_counter()
+    reads = []
+    read_artifact, read_history = tracking.store.read_artifact, tracking.store.read_history
+    monkeypatch.setattr(tracking.store, "read_artifact", lambda *args: reads.append("file") or read_artifact(*args))
+    monkeypatch.setattr(tracking.store, "read_history", lambda *args: reads.append("per metric") or read_history(*args))
     records = sweep.trial_records()
     read_s = time.perf_counter() - start
+    assert reads == ["file"] * WRITERS  # each trial's history from its file, through the server
     assert sorted(r["params"]["i"] for r in records) == list(range(WRITERS))
     for record in records:
         i = record["params"]["i"]
@@ -213,6 +218,10 @@ def test_metrics_held_back_by_an_outage_are_sent_later_and_survive_a_checkpoint(
     run.log_epoch(2, {"loss": 0.5})  # the server is gone: held back, training goes on
     assert time.monotonic() - start < 30 and len(run.pending) == 1
     run.save_pending(tmp_path)  # ... and a checkpoint carries what is held back
+    with run._changed:  # its process dies here: nothing more is sent from it
+        run.pending.clear()
+        run._closed = True
+        run._changed.notify_all()
     resumed = tracking.TrialRun(run.client, run.run)
     resumed.load_pending(tmp_path)
     with server.MlflowServer(backend, artifacts, port=port, state_dir=tmp_path):

@@ -1,4 +1,5 @@
 import json
+import sys
 import time
 
 import pytest
@@ -118,6 +119,11 @@ class CountingClient:
         return sum(self.calls.values())
 
 
+def same(a, b) -> bool:
+    """Equal, NaN included."""
+    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+
+
 def log_trials(t, count: int, metrics: int, epochs: int, finish: bool = True) -> list:
     runs = []
     for i in range(count):
@@ -132,7 +138,7 @@ def log_trials(t, count: int, metrics: int, epochs: int, finish: bool = True) ->
 def test_a_sweep_reads_back_in_one_request_per_trial_and_a_read_again_costs_one(tmp_path, monkeypatch):
     files = []
     read_artifact = tracking.store.read_artifact
-    monkeypatch.setattr(tracking.store, "read_artifact", lambda uri, name: files.append(name) or read_artifact(uri, name))
+    monkeypatch.setattr(tracking.store, "read_artifact", lambda client, uri, name: files.append(name) or read_artifact(client, uri, name))
     t = tracker(tmp_path)
     log_trials(t, count=4, metrics=12, epochs=3)
     reader = tracking.SweepTracker(t.tracking_uri, "exp", create=False)
@@ -145,7 +151,7 @@ def test_a_sweep_reads_back_in_one_request_per_trial_and_a_read_again_costs_one(
     assert set(by_name["search-a-002"]["history"]) == {*(f"m{k}" for k in range(12)), "nan"}
     # Read as MLflow stores them, one request per metric: the same records.
     slow = [{**r, "history": tracking.store.read_history(reader.client.client, reader.client.get_run(r["run_id"]))} for r in records]
-    assert str(slow) == str(records)  # str: NaN == NaN
+    assert same(slow, records)
     counting.calls.clear()
     assert reader.trial_records() == records and counting.calls == {"search_runs": 1} and len(files) == 4  # nothing changed: nothing read
 
@@ -185,7 +191,7 @@ def test_training_does_not_wait_for_the_store_and_nothing_queued_is_lost(tmp_pat
     run.save_pending(tmp_path)
     assert len(json.loads((tmp_path / "pending_metrics.json").read_text())) >= 2  # not sent yet: kept with the checkpoint
     run.finish()
-    assert not run.pending and not run._sender.is_alive()  # the sender ends with the run
+    assert not run.pending and run._sender is None  # the sender ended with the run
     steps = [m.step for m in MlflowClient(t.tracking_uri).get_metric_history(run.run_id, "loss")]
     assert sorted(steps) == list(range(1, 11))
 
@@ -233,3 +239,26 @@ def test_a_spare_run_of_a_retried_creation_is_never_the_one_used(tmp_path):
     t.close_trial(trial("twice"), "finished")
     [record] = t.trial_records()  # the later spare is left out
     assert record["run_id"] == run.run_id and record["tags"]["status"] == "finished" and record["params"] == {"lr": 0.1}
+
+
+def test_an_infinite_value_reads_back_as_the_store_keeps_it_from_the_file_too(tmp_path):
+    t = tracker(tmp_path)
+    run = tracking.TrialRun.open(t.tracking_uri, t.experiment_id, t.parent_run_id, trial("diverged"))
+    run.log_epoch(1, {"loss": float("inf"), "epoch": 1})
+    run.finish()
+    [record] = t.trial_records()
+    assert same(record["history"], tracking.store.read_history(t.client, t.client.get_run(run.run_id)))
+    assert record["history"]["loss"] == {1: sys.float_info.max}  # from the file: it agreed with the store
+
+
+def test_an_unexpected_error_in_the_sender_reaches_the_trial_at_once(tmp_path):
+    t = tracker(tmp_path)
+    run = tracking.TrialRun.open(t.tracking_uri, t.experiment_id, t.parent_run_id, trial("odd"))
+    run.client.log_batch = lambda *a, **k: (_ for _ in ()).throw(ValueError("not a transport error"))
+    run.log_epoch(1, {"loss": 1.0})
+    start = time.perf_counter()
+    with pytest.raises(ValueError):
+        run.flush(timeout_s=60)
+    assert time.perf_counter() - start < 10 and run._sender is None
+    with pytest.raises(ValueError):
+        run.log_epoch(2, {"loss": 0.5})

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping
@@ -127,23 +129,35 @@ def decode_history(content: bytes) -> dict[str, dict[int, float]]:
     return {key: {int(step): float(value) for step, value in rows} for key, rows in json.loads(content)["metrics"].items()}
 
 
-def agrees(history: Mapping[str, Mapping[int, float]], latest: Mapping[str, float]) -> bool:
-    """Whether a history file holds what the run's latest metrics say it ended with: a trial
-    that logged more epochs after writing it (a retry that died hard) has a stale one."""
+def agrees(history: Mapping[str, Mapping[int, float]], latest: Mapping[str, Any]) -> bool:
+    """Whether a history file holds what the run's latest metrics say it ended with (each a
+    value, or a ``(step, value)`` pair): a trial that logged more epochs after writing it (a
+    retry that died hard) has a stale one."""
     if set(history) != set(latest):
         return False
-    for key, value in latest.items():
-        last = history[key][max(history[key])] if history[key] else None
-        if last is None or not (last == value or (last != last and value != value)):
+    for key, end in latest.items():
+        step, value = end if isinstance(end, tuple) else (None, end)
+        if not history[key]:
+            return False
+        last_step = max(history[key])
+        last = history[key][last_step]
+        if (step is not None and step != last_step) or not (last == value or (last != last and value != value)):
             return False
     return True
 
 
-def read_artifact(artifact_uri: str, name: str) -> bytes:
+def as_stored(value: float) -> float:
+    """A metric value as MLflow's store keeps it: ±inf as the largest finite float."""
+    return math.copysign(sys.float_info.max, value) if math.isinf(value) else value
+
+
+def read_artifact(client: MlflowClient, artifact_uri: str, name: str) -> bytes:
     """One file of a run, from the run's artifact location straight (the client's own download
-    first looks the run up again: two more requests per file)."""
+    first looks the run up again: two more requests per file). The client's tracking URI
+    resolves a server's ``mlflow-artifacts:`` locations."""
     with tempfile.TemporaryDirectory() as tmp:
-        return Path(get_artifact_repository(artifact_uri).download_artifacts(name, tmp)).read_bytes()
+        repository = get_artifact_repository(artifact_uri, tracking_uri=client.tracking_uri)
+        return Path(repository.download_artifacts(name, tmp)).read_bytes()
 
 
 def read_history(client: MlflowClient, run) -> dict[str, dict[int, float]]:
@@ -155,8 +169,11 @@ def run_history(client: MlflowClient, run) -> dict[str, dict[int, float]]:
     """A run's history from the file its trial wrote (one request) when that file agrees with
     the run's latest metrics; else (no file: a run from before, a trial whose process died;
     a stale one) from the store, one request per metric."""
+    if not run.data.metrics:
+        return {}
     try:
-        stored = decode_history(read_artifact(run.info.artifact_uri, HISTORY_FILE))
+        stored = decode_history(read_artifact(client, run.info.artifact_uri, HISTORY_FILE))
     except (MlflowException, OSError, ValueError, KeyError):
         stored = None
-    return stored if stored is not None and agrees(stored, run.data.metrics) else read_history(client, run)
+    latest = {m.key: (m.step, m.value) for m in getattr(run.data, "_metric_objs", ())} or None
+    return stored if stored is not None and agrees(stored, latest or run.data.metrics) else read_history(client, run)

@@ -42,6 +42,10 @@ class SweepTracker:
         self.parent_run_id: str | None = None
         self._read: dict[str, tuple] = {}  # run id -> (what the run looked like, its record)
 
+    def __getstate__(self) -> dict:
+        # Tune pickles its callbacks, this tracker among them, into the experiment's files: not the records read.
+        return {**self.__dict__, "_read": {}}
+
     def start_sweep(self, sweep_id: str, params: Mapping[str, Any], tags: Mapping[str, str], artifacts: Mapping[str, Any]) -> str:
         """Find or create the parent run of ``sweep_id``; log params, tags and JSON artifacts."""
         run = find_run(self.client, self.experiment_id, sweep_id=sweep_id, role="sweep")
@@ -118,15 +122,16 @@ class SweepTracker:
         per-epoch history ``{key: {step: value}}``.
 
         One search for the runs, then one file per run (the history its trial wrote); a run this
-        tracker read before and that has not changed since (same status, tags and latest
-        metrics) is not read again, so the driver's reads after each phase cost one request
+        tracker read before and that has not changed since (same status, tags, params and
+        latest metrics) is not read again, so the driver's reads after each phase cost one request
         plus one per new or changed run."""
         records = []
         by_key: dict[str, list] = {}
         for run in self.child_runs():
             by_key.setdefault(run.data.tags.get("trial_key", run.info.run_id), []).append(run)
         for run in map(first_run, by_key.values()):  # a spare run of a retried creation is left out
-            seen = (run.info.status, run.info.end_time, repr(sorted(run.data.tags.items())), repr(sorted(run.data.metrics.items())))  # repr: NaN
+            seen = repr((run.info.status, run.info.end_time, sorted(run.data.tags.items()), sorted(run.data.params.items()),
+                         sorted(run.data.metrics.items())))  # repr: NaN equals NaN
             known = self._read.get(run.info.run_id)
             if known is None or known[0] != seen:
                 record = {"run_id": run.info.run_id, "tags": dict(run.data.tags),

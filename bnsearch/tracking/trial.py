@@ -19,7 +19,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 from bnsearch.identity import TrialId
 from bnsearch.spec import COMPLETED
 from bnsearch.tracking.store import (
-    HISTORY_FILE, RETRY_TIMEOUT_S, UNREACHABLE, as_params, encode_history, find_run, read_history, transient, with_retries,
+    HISTORY_FILE, RETRY_TIMEOUT_S, UNREACHABLE, as_params, as_stored, encode_history, find_run, run_history, transient, with_retries,
 )
 
 PENDING_FILE = "pending_metrics.json"
@@ -78,8 +78,9 @@ class TrialRun:
         missing = {k: v for k, v in (params or {}).items() if k not in run.data.params}
         if missing:  # also when a retry finds the run its first try created before logging them failed
             client.log_batch(run.info.run_id, params=as_params(missing))
-        # A retried or resumed trial goes on with what its run already holds (rare: read in full).
-        return cls(client, run, read_history(client, run) if run.data.metrics else None)
+        # A retried or resumed trial goes on with what its run already holds (a completed one is only replayed).
+        completed = run.data.tags.get("status") in COMPLETED
+        return cls(client, run, None if completed else run_history(client, run))
 
     @property
     def completed(self) -> bool:
@@ -126,16 +127,26 @@ class TrialRun:
 
     def finish(self) -> None:
         """Before the trial's last report and when its process is done with it (a scheduler's
-        stop, a crash it survives): everything held back sent, and the whole history written
-        as one file (again only if it grew)."""
-        self.flush()
-        with self._changed:
-            self._closed = True  # the sender thread ends
-            self._changed.notify_all()
+        stop, a crash it survives): everything held back sent, the sender thread ended, and the
+        whole history written as one file (again only if it grew; a file that cannot be written
+        only costs readers the slower path)."""
+        sender = self._sender
+        try:
+            self.flush()
+        finally:
+            with self._changed:
+                self._closed = True  # the sender ends, even with values left that a checkpoint kept
+                self._changed.notify_all()
+            if sender is not None:
+                sender.join(timeout=30)
         size = sum(map(len, self.history.values()))
         if size > self.written:
-            self.log_files({HISTORY_FILE: json.dumps(encode_history(self.history)).encode()})
-            self.written = size
+            try:
+                self.log_files({HISTORY_FILE: json.dumps(encode_history(self.history)).encode()})
+                self.written = size
+            except (RuntimeError, *UNREACHABLE) as error:
+                print(f"bnsearch: the history file of run {self.run_id} was not written ({error}); it reads back "
+                      "one request per metric", file=sys.stderr, flush=True)
 
     def save_pending(self, directory: str | Path) -> None:
         """Keep what is not in the store yet in a checkpoint, so a trial resumed from it still sends it."""
@@ -147,46 +158,63 @@ class TrialRun:
         file = Path(directory) / PENDING_FILE
         if file.is_file():
             held = [Metric(*row) for row in json.loads(file.read_text())]
-            with self._changed:  # before the first epoch: nothing is being sent yet
+            with self._changed:
+                assert self._sender is None, "held-back values load before the first epoch, while nothing is being sent"
                 self._remember(held)
                 self.pending[:0] = held
 
     def _remember(self, rows: list[Metric]) -> None:
         for m in rows:
-            self.history.setdefault(m.key, {})[m.step] = m.value
+            self.history.setdefault(m.key, {})[m.step] = as_stored(m.value)  # the file says what the store says
 
     def _raise_failure(self) -> None:
         if self._failure is not None:
             raise self._failure
 
     def _start_sender(self) -> None:
-        if self.pending and (self._sender is None or not self._sender.is_alive()):
-            self._sender = threading.Thread(target=self._send_until_closed, name=f"mlflow-{self.run_id[:8]}", daemon=True)
-            self._sender.start()
+        with self._changed:
+            if self.pending and self._sender is None and self._failure is None:
+                self._closed = False
+                self._sender = threading.Thread(target=self._send_until_closed, name=f"mlflow-{self.run_id[:8]}", daemon=True)
+                self._sender.start()
 
     def _send_until_closed(self) -> None:
         """The sender thread: everything queued, in batches, retried with growing pauses while
-        the server does not answer; it ends once the run is finished and nothing is queued."""
+        the server does not answer, until the run is finished; an error it cannot retry is
+        raised in the trial's thread at its next call."""
+        failure = None
+        try:
+            self._send_queued()
+        except Exception as error:  # noqa: BLE001 -- whatever it is, the trial must hear of it
+            failure = error
+        finally:
+            with self._changed:
+                self._failure = self._failure or failure
+                self._sender = None
+                restart = bool(self.pending) and not self._closed and self._failure is None
+                self._changed.notify_all()
+            if restart:  # values queued while this thread was on its way out
+                self._start_sender()
+
+    def _send_queued(self) -> None:
         pause = 1.0
         while True:
             with self._changed:
                 self._changed.wait_for(lambda: self.pending or self._closed)
-                if not self.pending:
+                if self._closed or not self.pending:
                     return
                 batch = self.pending[:MAX_METRICS_PER_BATCH]
             try:
                 self.client.log_batch(self.run_id, metrics=batch)
             except UNREACHABLE as error:
                 if not transient(error):
-                    with self._changed:
-                        self._failure = error
-                        self._changed.notify_all()
-                    return
+                    raise
                 if not self.warned:
                     print(f"bnsearch: MLflow unreachable ({type(error).__name__}); training goes on, "
                           f"{len(self.pending)} metric values held for the next try", file=sys.stderr, flush=True)
                     self.warned = True
-                time.sleep(pause)
+                with self._changed:  # a pause that finish() can cut short
+                    self._changed.wait_for(lambda: self._closed, timeout=pause)
                 pause = min(pause * 2, 30.0)
                 continue
             pause = 1.0
