@@ -129,19 +129,15 @@ def decode_history(content: bytes) -> dict[str, dict[int, float]]:
     return {key: {int(step): float(value) for step, value in rows} for key, rows in json.loads(content)["metrics"].items()}
 
 
-def agrees(history: Mapping[str, Mapping[int, float]], latest: Mapping[str, Any]) -> bool:
-    """Whether a history file holds what the run's latest metrics say it ended with (each a
-    value, or a ``(step, value)`` pair): a trial that logged more epochs after writing it (a
-    retry that died hard) has a stale one."""
+def agrees(history: Mapping[str, Mapping[int, float]], latest: Mapping[str, tuple[int, float]]) -> bool:
+    """Whether a history file ends where the run's latest metrics (``{key: (step, value)}``)
+    say it ended: a trial that logged more epochs after writing it (a retry that died hard)
+    has a stale one."""
     if set(history) != set(latest):
         return False
-    for key, end in latest.items():
-        step, value = end if isinstance(end, tuple) else (None, end)
-        if not history[key]:
-            return False
-        last_step = max(history[key])
-        last = history[key][last_step]
-        if (step is not None and step != last_step) or not (last == value or (last != last and value != value)):
+    for key, (step, value) in latest.items():
+        last = history[key].get(step)
+        if max(history[key], default=None) != step or not (last == value or (last != last and value != value)):
             return False
     return True
 
@@ -175,5 +171,5 @@ def run_history(client: MlflowClient, run) -> dict[str, dict[int, float]]:
         stored = decode_history(read_artifact(client, run.info.artifact_uri, HISTORY_FILE))
     except (MlflowException, OSError, ValueError, KeyError):
         stored = None
-    latest = {m.key: (m.step, m.value) for m in getattr(run.data, "_metric_objs", ())} or None
-    return stored if stored is not None and agrees(stored, latest or run.data.metrics) else read_history(client, run)
+    latest = {m.key: (m.step, m.value) for m in run.data._metric_objs}  # RunData keeps the steps only here
+    return stored if stored is not None and agrees(stored, latest) else read_history(client, run)

@@ -71,8 +71,8 @@ class TrialRun:
             all_tags = {MLFLOW_RUN_NAME: trial.run_name, "trial_key": trial.key, "status": "running", **trial.tags(), **(tags or {})}
             if parent_run_id:
                 all_tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
-            created = client.create_run(experiment_id, run_name=trial.run_name, tags=all_tags)
-            run = find_run(client, experiment_id, trial_key=trial.key) or created  # a retried creation may have made two
+            # A retried creation may make a spare; readers take the run with metrics, this one.
+            run = client.create_run(experiment_id, run_name=trial.run_name, tags=all_tags)
         elif run.info.status != RunStatus.to_string(RunStatus.RUNNING) and run.data.tags.get("status") not in COMPLETED:
             client.update_run(run.info.run_id, status="RUNNING")
         missing = {k: v for k, v in (params or {}).items() if k not in run.data.params}

@@ -60,7 +60,7 @@ def train_trial(config: dict, setup: TrialSetup) -> None:
         if run:
             run.log_epoch(int(metrics["epoch"]), metrics)  # log first: a reported epoch is a logged one
             if checkpoint_dir:
-                run.save_pending(checkpoint_dir)  # held back by an outage: resumed with the checkpoint
+                run.save_pending(checkpoint_dir)  # not in the store yet (queued, or an outage): resumed with the checkpoint
             if train.ends_run(metrics, setup.max_epochs):
                 run.finish()  # the driver closes the run on this report: every epoch must be in by then
         checkpoint = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
