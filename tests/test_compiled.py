@@ -93,3 +93,28 @@ def test_the_schedule_is_keras_cosine_decay_with_warmup():
     for step in (0, 3, 10, 25, 50, 70):
         assert float(ours(step)) == pytest.approx(float(keras_(step)), abs=1e-8)
     assert keras.optimizers.schedules.deserialize(keras.optimizers.schedules.serialize(ours)).get_config() == ours.get_config()
+
+
+def test_weight_decay_reads_the_schedule_once_per_step_and_decays_exactly_as_keras_does(monkeypatch):
+    """Keras' weight decay evaluates the learning-rate schedule once per variable (ops traced
+    into the step for each); bnsearch's once per step, with the same updates bit for bit."""
+    calls = []
+    schedule_call = compiled.WarmupCosine.__call__
+    monkeypatch.setattr(compiled.WarmupCosine, "__call__", lambda self, step: calls.append(1) or schedule_call(self, step))
+    x = np.random.default_rng(0).normal(size=(64, 6)).astype("float32")
+    y = np.arange(64) % 3
+    weights = []
+    for make in (compiled.SGD, keras.optimizers.SGD):
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((6,)), *[keras.layers.Dense(8, activation="relu") for _ in range(4)], keras.layers.Dense(3)])
+        model.compile(optimizer=make(compiled.WarmupCosine(0.1, 2, 6, 0.0), momentum=0.9, weight_decay=1e-2),
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), steps_per_execution=1)
+        calls.clear()
+        model.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0)
+        weights.append([w.numpy() for w in model.weights])
+        if make is compiled.SGD:
+            assert len(calls) <= 4  # per trace (Keras traces this step twice): one read for the decay, one for the update
+        else:
+            assert len(calls) > 2 * len(model.trainable_variables)  # per trace, one per variable and one for the update
+    for ours, keras_own in zip(*weights):
+        np.testing.assert_array_equal(ours, keras_own)
