@@ -15,6 +15,8 @@ sweep id is given), so ``--phase replicate`` after ``--phase search`` is the sam
 from __future__ import annotations
 
 import dataclasses
+import math
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -52,18 +54,20 @@ def run(sweep: Sweep, phases: Sequence[str], *, tracker: tracking.SweepTracker, 
     if "search" in phases and tracker.tags().get("search") == "done":
         echo("bnsearch: the search phase of this sweep is done already")
     elif "search" in phases:
+        # With the replicate phase to follow, each arm's first look runs in the search's own Tune
+        # run as soon as the arm's search is over: its trials go on in the same warm processes.
+        then = FirstLook(tracker, sweep, spec_record) if "replicate" in phases else None
         outcome = trainable.run_phase(sweep, "search", tracker=tracker, sweep_id=sweep_id, storage=str(storage),
-                                      address=address, run_tags=run_tags, log_file=log_file)
+                                      address=address, run_tags=run_tags, log_file=log_file, then=then)
         tracker.set_tags({"search": "done"})  # a resumed sweep goes on with the replicate phase
-        echo(summary(outcome))
+        echo(summary(outcome.of("search")))
+        if then:
+            echo(summary(outcome.of("replicate"), "each arm's first look, in the search's Tune run as its search ended"))
         ok &= outcome.ok
     if "replicate" in phases:
         table = results.from_records(tracker.trial_records())
         best = results.best_configs(table, list(sweep.arms()), sweep.metric, sweep.mode)
-        plan = planned(tracker, spec_record)
-        own = report.plan_of(spec_record)  # this run's budget: the recorded plan, or seeds added to it
-        beyond = own.looks[-1] > plan.looks[-1]  # seeds asked for beyond the plan: all run, reported as exploratory
-        looks = [own.looks[-1]] if beyond else [n for n in plan.looks if n < own.looks[-1]] + [own.looks[-1]]
+        plan, looks, beyond = replicate_looks(tracker, spec_record)
         full_budget = sweep.replace(budget=dataclasses.replace(sweep.budget, early_stopping=False))
         for look in looks:
             done = results.finished_replicates(table)  # a second run adds seeds, never repeats one
@@ -91,6 +95,55 @@ def run(sweep: Sweep, phases: Sequence[str], *, tracker: tracking.SweepTracker, 
     if "report" in phases:
         echo(make_report(tracker, spec_record, report_dir, correct))
     return ok
+
+
+def replicate_looks(tracker: tracking.SweepTracker, spec_record: dict[str, Any]) -> tuple[stats.Plan, list[int], bool]:
+    """The sweep's recorded plan, the seed counts this run looks at, and whether it asks for
+    seeds beyond the plan (all run at once, reported as exploratory)."""
+    plan = planned(tracker, spec_record)
+    own = report.plan_of(spec_record)  # this run's budget: the recorded plan, or seeds added to it
+    beyond = own.looks[-1] > plan.looks[-1]
+    looks = [own.looks[-1]] if beyond else [n for n in plan.looks if n < own.looks[-1]] + [own.looks[-1]]
+    return plan, looks, beyond
+
+
+class FirstLook:
+    """Per arm, its replicate configurations at the first look, chosen from its search as
+    recorded: what the search's Tune run goes on with once the arm's search is over.
+
+    Called on the driver with the last epoch each of the arm's search trials reported to Tune;
+    None (Tune asks again) until MLflow holds those epochs too (a trial stopped early sends its
+    last ones as it stops), or ``WAIT_S`` has passed: then the records as they stand decide."""
+
+    WAIT_S, READ_EVERY_S = 60.0, 1.0
+
+    def __init__(self, tracker: tracking.SweepTracker, sweep: Sweep, spec_record: dict[str, Any]):
+        self.tracker, self.sweep = tracker, sweep
+        self.look = replicate_looks(tracker, spec_record)[1][0]
+        self.count = len(sweep.arms()) * self.look  # trials it may add to the Tune run
+        self._first_asked: dict[str, float] = {}
+        self._read_at: dict[str, float] = {}
+
+    def __call__(self, arm: str, reported: dict[int, int]) -> list[dict[str, Any]] | None:
+        now = time.monotonic()
+        first = self._first_asked.setdefault(arm, now)
+        if now - self._read_at.get(arm, -math.inf) < self.READ_EVERY_S:
+            return None  # Tune asks many times a second
+        self._read_at[arm] = now
+        table = results.from_records(self.tracker.trial_records())
+        search = table[(table["phase"] == "search") & (table["arm"] == arm)] if len(table) else table
+        recorded = search.groupby("trial_index")["epoch"].max().to_dict() if len(search) else {}
+        if any(recorded.get(index, 0) < epoch for index, epoch in reported.items()) and now - first < self.WAIT_S:
+            return None
+        try:
+            best = results.best_configs(table, [arm], self.sweep.metric, self.sweep.mode)
+        except LookupError:
+            return []  # the replicate phase says so once the search is over
+        done = results.finished_replicates(table)
+        return [c for c in replicate_configs(best, self.look) if (c["arm"], c["seed"]) not in done]
+
+    def __getstate__(self):  # pickled with Tune's searcher: the times are this driver's only
+        return {**self.__dict__, "_first_asked": {}, "_read_at": {}}
 
 
 def planned(tracker: tracking.SweepTracker, spec_record: dict[str, Any]) -> stats.Plan:
@@ -137,7 +190,9 @@ def make_report(tracker: tracking.SweepTracker, spec_record: dict[str, Any], out
     return built.summary + f"\n\nReport: {built.markdown} (and logged on the parent run {tracker.parent_run_id})"
 
 
-def summary(outcome) -> str:
+def summary(outcome, chained: str = "") -> str:
+    """Per arm: trials by status, epochs, training time and the best value. ``chained``: what
+    ran these trials in another phase's Tune run (whose wall time that phase's summary gives)."""
     counts: dict[str, dict[str, int]] = {}
     spent: dict[str, list[float]] = {}
     for trial in outcome.trials:
@@ -146,7 +201,8 @@ def summary(outcome) -> str:
         epochs_seconds = spent.setdefault(trial["arm"], [0, 0.0])
         epochs_seconds[0] += trial["epochs"]
         epochs_seconds[1] += trial["train_time_s"]
-    lines = [f"\n{outcome.phase} phase: {len(outcome.trials)} trials, {outcome.epochs} epochs, {outcome.wall_s:.0f} s wall time"]
+    wall = f", {outcome.wall_s:.0f} s wall time" if not chained else ""
+    lines = [f"\n{outcome.phase} phase{' (' + chained + ')' if chained else ''}: {len(outcome.trials)} trials, {outcome.epochs} epochs{wall}"]
     lines.append(f"{'arm':<24}{'trials':>7}{'epochs':>7}{'train s':>9}{'best ' + outcome.metric:>22}  statuses")
     for arm, by_status in counts.items():
         best = outcome.best.get(arm)

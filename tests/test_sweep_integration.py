@@ -167,11 +167,23 @@ def test_the_replicate_phase_follows_its_sequential_plan(finished, tmp_path):
     assert "## Sequential plan" in report and "Looks at 2, 3 seeds per arm" in report
     assert "include the fixed test set's sampling error" in report  # from every run's test_correct.npz
     seeds = {int(r.data.tags["seed"]) for r in replicate_runs(client, parent)}
+    # The first look runs in the search's own Tune run; each later look in one of its own.
     tune_runs = sorted(p.name.rsplit("-", 1)[1] for p in storage.glob("tiny_mlp-*-replicate-seeds*"))
     if "stopped at 2 seeds per arm" in report:  # every comparison decided (or futile) at the first look
-        assert seeds == {0, 1} and tune_runs == ["seeds2"]
+        assert seeds == {0, 1} and tune_runs == []
     else:
-        assert seeds == {0, 1, 2} and tune_runs == ["seeds2", "seeds3"]
+        assert seeds == {0, 1, 2} and tune_runs == ["seeds3"]
+
+
+def test_the_first_look_trains_in_processes_the_search_warmed(finished):
+    """Each arm's first-look replicates join the search's Tune run as its search ends: they go
+    on in the search's trial processes (TensorFlow loaded, models kept) instead of new ones."""
+    storage = finished[-1]
+    pids = {"search": set(), "replicate": set()}
+    for result_file in next(storage.glob("tiny_mlp-*-search")).glob("*/result.json"):
+        first = json.loads(result_file.read_text().splitlines()[0])
+        pids[first["config"]["phase"]].add(first["pid"])
+    assert pids["replicate"] & pids["search"]  # Tune keeps at least one process for the trials it knows are coming
 
 
 def test_replicating_again_repeats_nothing_and_more_seeds_add_only_the_new_ones(finished, capsys):

@@ -1,10 +1,11 @@
 """Unit tests of the per-arm searcher's own logic (no Ray cluster is started)."""
 
+from ray.tune.schedulers import TrialScheduler
 from ray.tune.search import Searcher
 
 from bnsearch.spec import SEARCH_SEED_BASE, SEARCH_SPLIT_SEED, Budget, ComplementLogUniform, LogUniform, Sweep
 from bnsearch.identity import TrialId
-from bnsearch.trainable import ArmSearcher, FixedConfigs, trial_status
+from bnsearch.trainable import ArmScheduler, ArmSearcher, FixedConfigs, ThenReplicate, trial_status
 
 SWEEP = Sweep(
     name="t", model="mlp", dataset="digits", scientific={"bn_placement": ("none", "before", "after")},
@@ -77,6 +78,57 @@ def test_replacements_are_bounded_when_every_trial_crashes():
         handed_out += 1
         assert config["trial_index"] == handed_out - 1
     assert handed_out == 6  # the budget once, and as many replacements
+
+
+class Replicates:
+    """The driver's side: not ready at the first ask (the store lags Tune), then two seeds."""
+
+    def __init__(self):
+        self.asked = []
+
+    def __call__(self, arm, reported):
+        self.asked.append((arm, dict(reported)))
+        if len(self.asked) == 1:
+            return None
+        return [{"arm": arm, "phase": "replicate", "seed": seed, "trial_index": seed} for seed in range(2)]
+
+
+def test_each_arm_is_replicated_in_the_search_run_as_soon_as_its_search_is_over(tmp_path):
+    """As Tune drives it: search trials first; an arm whose search is over gets its replicate
+    trials while another arm still searches, once its records are complete; then finished."""
+    sweep = SWEEP.replace(scientific={"bn_placement": ("none", "before")}, budget=Budget(trials_per_arm=2, sampler="random"))
+    replicates = Replicates()
+    searcher = ThenReplicate(ArmSearcher(sweep), replicates, count=4)
+    assert searcher.max_trials == 2 * 2 * 2 + 4  # the search's bound (replacements included) and the replicates
+    search = {f"t{i}": searcher.suggest(f"t{i}") for i in range(4)}
+    assert [c["arm"] for c in search.values()] == ["none", "before"] * 2 and not replicates.asked
+    for trial_id, config in search.items():
+        searcher.on_trial_result(trial_id, {"epoch": 1, "training_iteration": 1, "val_accuracy": 0.5})
+        if config["arm"] == "none":
+            searcher.on_trial_complete(trial_id, {"epoch": 3 if config["trial_index"] else 1, "val_accuracy": 0.5})
+    assert searcher.suggest("t4") is None and replicates.asked == [("none", {0: 1, 1: 3})]  # not recorded yet: asked again later
+    first = searcher.suggest("t4")
+    assert (first["arm"], first["phase"], first["seed"]) == ("none", "replicate", 0)  # "before" still searches
+    searcher.save(str(tmp_path / "s.pkl"))  # a restarted driver goes on where it was
+    restored = ThenReplicate(ArmSearcher(sweep), Replicates(), count=4)
+    restored.restore(str(tmp_path / "s.pkl"))
+    assert restored.suggest("t5")["seed"] == 1 and restored.suggest("t6") is None
+    for trial_id, config in search.items():
+        if config["arm"] == "before":
+            restored.on_trial_complete(trial_id, {"epoch": 2, "val_accuracy": 0.5})
+    assert [(c["arm"], c["seed"]) for c in (restored.suggest("t6"), restored.suggest("t7"))] == [("before", 0), ("before", 1)]
+    assert restored.suggest("t8") is Searcher.FINISHED and restored.replicates.asked[-1] == ("before", {0: 2, 1: 2})
+
+
+def test_a_chained_replicate_trial_is_never_stopped_early():
+    class Trial:
+        def __init__(self, phase):
+            self.config = {"arm": "before", "phase": phase}
+
+    scheduler = ArmScheduler(SWEEP)
+    assert scheduler._of(Trial("search")) is scheduler.schedulers["before"]
+    for epoch in range(1, 4):  # however poorly it does, where ASHA would stop it at its first rung
+        assert scheduler.on_trial_result(None, Trial("replicate"), {"epoch": epoch, "val_accuracy": 0.0}) == TrialScheduler.CONTINUE
 
 
 def test_statuses_from_the_last_result():

@@ -15,8 +15,8 @@ The modules: :mod:`~bnsearch.trainable.trial` (what runs on a worker),
 
 # CloseTrialRuns and ShowProgress by this name too: Tune pickled them so into experiments to restore.
 from bnsearch.trainable.phase import CloseTrialRuns, PhaseOutcome, ShowProgress, check_dataset, run_phase, slots, start_ray
-from bnsearch.trainable.searchers import ArmScheduler, ArmSearcher, FixedConfigs
+from bnsearch.trainable.searchers import ArmScheduler, ArmSearcher, FixedConfigs, ThenReplicate
 from bnsearch.trainable.trial import TrialSetup, train_trial, trial_status
 
-__all__ = ["ArmScheduler", "ArmSearcher", "CloseTrialRuns", "FixedConfigs", "PhaseOutcome", "ShowProgress", "TrialSetup", "check_dataset",
+__all__ = ["ArmScheduler", "ArmSearcher", "CloseTrialRuns", "FixedConfigs", "PhaseOutcome", "ShowProgress", "ThenReplicate", "TrialSetup", "check_dataset",
            "run_phase", "slots", "start_ray", "train_trial", "trial_status"]

@@ -7,6 +7,8 @@ import contextlib
 import logging
 import os
 import time
+from collections.abc import Callable
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +20,7 @@ from bnsearch import data, progress, search, tracking
 from bnsearch.identity import TrialId
 from bnsearch.models.registry import is_import_path
 from bnsearch.spec import FAILURES, SpecError, Sweep, one_line
-from bnsearch.trainable.searchers import ArmScheduler, ArmSearcher, FixedConfigs
+from bnsearch.trainable.searchers import ArmScheduler, ArmSearcher, FixedConfigs, ThenReplicate
 from bnsearch.trainable.trial import (
     TrialSetup, dataset_loaded, load_dataset, model_problems, train_trial, trial_status,
 )
@@ -101,8 +103,12 @@ class PhaseOutcome:
     metric: str
     mode: str
     wall_s: float
-    trials: list[dict]  # arm, trial_index, status, epochs, train_time_s, best (the metric's best value)
+    trials: list[dict]  # phase, arm, trial_index, status, epochs, train_time_s, best (the metric's best value)
     ok: bool = True
+
+    def of(self, phase: str) -> PhaseOutcome:
+        """The trials of one phase (a search's Tune run may hold the first replicate look too)."""
+        return dataclasses.replace(self, phase=phase, trials=[t for t in self.trials if t["phase"] == phase])
 
     @property
     def epochs(self) -> int:
@@ -172,11 +178,13 @@ def check_dataset(sweep: Sweep, address: str | None) -> None:
 def run_phase(sweep: Sweep, phase: str, *, tracker: tracking.SweepTracker, sweep_id: str, storage: str,
               address: str | None = None, run_tags: dict[str, str] | None = None,
               configs: list[dict] | None = None, track: bool = True, name: str | None = None,
-              log_file: Path | None = None) -> PhaseOutcome:
+              log_file: Path | None = None, then: Callable[[str, dict[int, int]], list[dict] | None] | None = None) -> PhaseOutcome:
     """Run one phase of ``sweep`` on Ray, every trial a child of ``tracker``'s parent run.
 
-    ``search``: the per-arm Optuna studies with per-arm ASHA. ``replicate``: exactly
-    ``configs`` (each with its arm, seed and trial index), full budget, no early stopping.
+    ``search``: the per-arm Optuna studies with per-arm ASHA; with ``then`` (which has a
+    ``count``), each arm's replicate trials from ``then`` in the same Tune run as soon as its
+    search is over (:class:`ThenReplicate`). ``replicate``: exactly ``configs`` (each with its
+    arm, seed and trial index), full budget, no early stopping.
     The Tune run ``name`` (default ``<sweep_id>-<phase>``) lives under ``storage``; if a killed
     driver left it unfinished there, it is restored: finished trials stay finished, running ones
     resume from their last checkpoint, and the searchers go on from their saved state. With a
@@ -206,8 +214,9 @@ def run_phase(sweep: Sweep, phase: str, *, tracker: tracking.SweepTracker, sweep
         tuner = tune.Tuner.restore(f"{storage}/{name}", trainable=trainable)
     else:
         if phase == "search":
-            total = len(sweep.arms()) * sweep.budget.trials_per_arm
+            total = len(sweep.arms()) * sweep.budget.trials_per_arm + (then.count if then else 0)
             searcher = ArmSearcher(sweep)  # it ends the phase, crashed trials' replacements included
+            searcher = ThenReplicate(searcher, then, then.count) if then else searcher
             scheduler = ArmScheduler(sweep) if sweep.budget.early_stopping else FIFOScheduler()
             samples = searcher.max_trials
         else:
@@ -235,8 +244,10 @@ def run_phase(sweep: Sweep, phase: str, *, tracker: tracking.SweepTracker, sweep
             ),
         )
     try:
-        arms = [c["arm"] for c in configs] if configs else [a for a in sweep.arms() for _ in range(sweep.budget.trials_per_arm)]
-        view = progress.Progress(phase, {arm: arms.count(arm) for arm in dict.fromkeys(arms)}, sweep.metric, sweep.mode)
+        per_arm = sweep.budget.trials_per_arm + (then.count // len(sweep.arms()) if then else 0)
+        arms = [c["arm"] for c in configs] if configs else [a for a in sweep.arms() for _ in range(per_arm)]
+        label = "search, then replicate" if then else phase
+        view = progress.Progress(label, {arm: arms.count(arm) for arm in dict.fromkeys(arms)}, sweep.metric, sweep.mode)
         with _tune_output(log_file, view):  # the view writes to the console stdout was before
             grid = tuner.fit()
     finally:
@@ -250,7 +261,7 @@ def _trial_summary(result, sweep: Sweep) -> dict:
     history = result.metrics_dataframe
     values = history[sweep.metric].dropna() if history is not None and sweep.metric in history else []
     return {
-        "arm": result.config["arm"], "trial_index": result.config["trial_index"],
+        "phase": result.config["phase"], "arm": result.config["arm"], "trial_index": result.config["trial_index"],
         "status": trial_status(result.metrics, sweep.budget.max_epochs, errored=result.error is not None),
         "epochs": int((result.metrics or {}).get("epoch", 0)),
         "train_time_s": float((result.metrics or {}).get("train_time_s", 0.0)),

@@ -1,9 +1,11 @@
 """Fair search between arms: round-robin trials over per-arm Optuna studies, fixed configurations
-for the replicate phase, one ASHA per arm. Searcher state is saved with the Tune experiment."""
+for the replicate phase (or each arm's first look chained onto the search), one ASHA per arm.
+Searcher state is saved with the Tune experiment."""
 
 from __future__ import annotations
 
 import pickle
+from collections.abc import Callable
 
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
@@ -51,6 +53,10 @@ class ArmSearcher(_SavedSearcher):
         self.crashed = {arm: 0 for arm in self.arms}
         self.arm_of: dict[str, str] = {}
         self.running: set[str] = set()
+
+    def finished(self, arm: str) -> bool:
+        """Whether ``arm``'s search is over: its count started and none of its trials running."""
+        return self.started[arm] >= self.budget_of(arm) and not any(self.arm_of[t] == arm for t in self.running)
 
     def budget_of(self, arm: str) -> int:
         return self.trials_per_arm + min(self.crashed[arm], self.trials_per_arm)
@@ -102,11 +108,64 @@ class FixedConfigs(_SavedSearcher):
         pass
 
 
+class ThenReplicate(_SavedSearcher):
+    """The search, and each arm's first replicate look as soon as that arm's search is over, in
+    one Tune run: the trial processes (TensorFlow imported, the dataset fetched, models traced)
+    go on from one phase to the next, and a slot the search no longer needs replicates while
+    another arm's last search trials run. A search trial always goes first.
+
+    ``replicates(arm, reported)`` (on the driver; ``reported``: the last epoch each of the arm's
+    search trials reported, by trial index) gives the arm's replicate configurations, or None
+    while what they are chosen from is not all recorded yet (Tune asks again). ``count``: how
+    many it gives at most, all arms together."""
+
+    def __init__(self, search: ArmSearcher, replicates: Callable[[str, dict[int, int]], list[dict] | None], count: int):
+        super().__init__(metric=search.metric, mode=search.mode)
+        self.search, self.replicates, self.count = search, replicates, count
+        self.trials: dict[str, tuple[str, int]] = {}  # a search trial's Tune id: (arm, trial index)
+        self.reported: dict[str, int] = {}  # a search trial's Tune id: the last epoch it reported
+        self.queued: list[dict] = []
+        self.replicated: set[str] = set()  # arms whose replicate configurations are queued
+
+    @property
+    def max_trials(self) -> int:
+        return self.search.max_trials + self.count
+
+    def suggest(self, trial_id: str) -> dict | None:
+        config = self.search.suggest(trial_id)
+        if isinstance(config, dict):
+            self.trials[trial_id] = (config["arm"], config["trial_index"])
+            return config
+        for arm in self.search.arms:
+            if arm not in self.replicated and self.search.finished(arm):
+                reported = {index: self.reported.get(t, 0) for t, (a, index) in self.trials.items() if a == arm}
+                configs = self.replicates(arm, reported)
+                if configs is not None:
+                    self.replicated.add(arm)
+                    self.queued.extend(configs)
+        if self.queued:
+            return self.queued.pop(0)
+        return Searcher.FINISHED if len(self.replicated) == len(self.search.arms) else None
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if trial_id in self.trials:
+            self.reported[trial_id] = int(result.get("epoch", 0))
+            self.search.on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if trial_id in self.trials:
+            if result:
+                self.reported[trial_id] = int(result.get("epoch", self.reported.get(trial_id, 0)))
+            self.search.on_trial_complete(trial_id, result, error)
+
+
 class ArmScheduler(FIFOScheduler):
-    """One ASHA per arm: early stopping compares a trial only with trials of its own arm."""
+    """One ASHA per arm: early stopping compares a trial only with trials of its own arm. A
+    replicate trial chained onto the search runs its full budget."""
 
     def __init__(self, sweep: Sweep):
         super().__init__()
+        self.replicate = FIFOScheduler()
         b = sweep.budget
         self.schedulers = {
             arm: ASHAScheduler(metric=sweep.metric, mode=sweep.mode, max_t=b.max_epochs,
@@ -115,7 +174,7 @@ class ArmScheduler(FIFOScheduler):
         }
 
     def _of(self, trial) -> TrialScheduler:
-        return self.schedulers[trial.config["arm"]]
+        return self.replicate if trial.config.get("phase") == "replicate" else self.schedulers[trial.config["arm"]]
 
     def on_trial_add(self, tune_controller, trial):
         self._of(trial).on_trial_add(tune_controller, trial)
