@@ -14,6 +14,7 @@ traced functions of the trial before it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from collections import OrderedDict
@@ -24,6 +25,8 @@ from typing import Any
 import keras
 import tensorflow as tf
 from keras import ops
+from tensorflow.python import pywrap_tfe  # how TensorFlow empties its kernel cache
+from tensorflow.python.eager import context as tf_context
 
 from bnsearch.models import Norm, create_model, model_parameters
 from bnsearch.precise_bn import TrainModePass, bn_layers, input_spec
@@ -151,6 +154,8 @@ class Compiled:
         # One trace for every evaluation, whatever a split's last batch holds (Keras' predict
         # traced MobileNetV2 again for the test set's last batch: 9 s).
         infer = tf.function(lambda x: model(x, training=False), input_signature=[input_spec(model)])
+        if not model.optimizer.built:  # its slots made now, not by the first step's trace (a lifted initializer each, ~3 s for MobileNetV2)
+            model.optimizer.build(model.trainable_variables)
         return cls(model, infer, TrainModePass(model) if bn_layers(model) else None)
 
     def take(self, fresh) -> bool:
@@ -193,11 +198,29 @@ def model_for(model: str, config: Mapping[str, Any], input_shape, num_classes: i
     if kept is None or not kept.take(fresh):
         kept = Compiled.of(fresh)
     _kept[key] = kept
-    while len(_kept) > KEPT_MODELS:
+    if len(_kept) > KEPT_MODELS:
         _kept.popitem(last=False)
+        tf_context.context().clear_kernel_cache()  # the evicted model's instantiated functions with it
     return kept
+
+
+@contextlib.contextmanager
+def kernel_cache_kept():
+    """Within this block TensorFlow keeps its kernel cache, which Keras' ``clear_session`` and
+    every ``set_random_seed`` empty: it holds the kept models' instantiated training steps
+    (graph optimized, kernels made), 6-8 s a trial to make again for MobileNetV2 on a CPU.
+    What the emptying is for, restarting eager stateful random ops from the new seed, does not
+    apply: Keras' random ops on TensorFlow are stateless, seeded from its own generator.
+    Dropping a kept model empties the cache (:func:`forget`, and when one is evicted)."""
+    clear = pywrap_tfe.TFE_ContextClearCaches
+    pywrap_tfe.TFE_ContextClearCaches = lambda handle: None
+    try:
+        yield
+    finally:
+        pywrap_tfe.TFE_ContextClearCaches = clear
 
 
 def forget() -> None:
     """Drop every kept model (the next trial builds and traces its own)."""
     _kept.clear()
+    tf_context.context().clear_kernel_cache()

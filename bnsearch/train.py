@@ -155,8 +155,9 @@ def run(
     # full garbage collection that frees them at once costs a reused process 0.3 s or more per
     # trial (most of a tiny trial): worth it where GPU memory is scarce; on a CPU Python's own
     # collector frees them soon enough.
-    keras.backend.clear_session(free_memory=bool(tf.config.list_logical_devices("GPU")))
-    keras.utils.set_random_seed(seed)
+    with compiled.kernel_cache_kept():
+        keras.backend.clear_session(free_memory=bool(tf.config.list_logical_devices("GPU")))
+        keras.utils.set_random_seed(seed)
     loader_args = {k: v for k, v in dataset_args.items() if k not in datasets.COMMON_PARAMETERS}
     common = {**datasets.COMMON_PARAMETERS, **dataset_args}
     arrays = arrays if arrays is not None else datasets.load(dataset, **loader_args)

@@ -118,3 +118,20 @@ def test_weight_decay_reads_the_schedule_once_per_step_and_decays_exactly_as_ker
             assert len(calls) > 2 * len(model.trainable_variables)  # per trace, one per variable and one for the update
     for ours, keras_own in zip(*weights):
         np.testing.assert_array_equal(ours, keras_own)
+
+
+def test_a_trial_on_a_kept_model_keeps_tensorflows_kernel_cache(monkeypatch):
+    """Keras' clear_session and set_random_seed empty TensorFlow's kernel cache, and with it the
+    kept model's instantiated training step (seconds to make again): a trial keeps it; dropping
+    the kept models empties it."""
+    from tensorflow.python import pywrap_tfe
+
+    compiled.forget()
+    trial(FIRST, epochs=1)
+    cleared = []
+    empty = pywrap_tfe.TFE_ContextClearCaches
+    monkeypatch.setattr(pywrap_tfe, "TFE_ContextClearCaches", lambda handle: cleared.append(handle) or empty(handle))
+    trial(SECOND, epochs=1)
+    assert cleared == []
+    compiled.forget()
+    assert len(cleared) == 1
