@@ -2,7 +2,7 @@
 an earlier trial in this process. Trace once, train many.
 
 Keras traces a model's training step on its first batch, and every evaluation function on its
-first call: about 18 s and 3 s for MobileNetV2 on a CPU, against a 3 s epoch of digits. A
+first call: about 20 s and 3 s for MobileNetV2 on a CPU, against a 5 s epoch of digits. A
 trial process (Ray reuses it for the next trial) keeps the last ``KEPT_MODELS`` compiled models.
 A trial whose configuration differs from a kept model's only in values the graph reads from
 variables (:data:`TRACE_FREE`: the seed, learning rate and schedule, batch size, BN momentum and

@@ -60,9 +60,11 @@ def run(sweep: Sweep, phases: Sequence[str], *, tracker: tracking.SweepTracker, 
         outcome = trainable.run_phase(sweep, "search", tracker=tracker, sweep_id=sweep_id, storage=str(storage),
                                       address=address, run_tags=run_tags, log_file=log_file, then=then)
         tracker.set_tags({"search": "done"})  # a resumed sweep goes on with the replicate phase
-        echo(summary(outcome.of("search")))
         if then:
-            echo(summary(outcome.of("replicate"), "each arm's first look, in the search's Tune run as its search ended"))
+            echo(summary(outcome.of("search"), "its Tune run went on with each arm's first replicate look"))
+            echo(summary(outcome.of("replicate"), "each arm's first look, in the search's Tune run", wall=False))
+        else:
+            echo(summary(outcome))
         ok &= outcome.ok
     if "replicate" in phases:
         table = results.from_records(tracker.trial_records())
@@ -190,9 +192,9 @@ def make_report(tracker: tracking.SweepTracker, spec_record: dict[str, Any], out
     return built.summary + f"\n\nReport: {built.markdown} (and logged on the parent run {tracker.parent_run_id})"
 
 
-def summary(outcome, chained: str = "") -> str:
-    """Per arm: trials by status, epochs, training time and the best value. ``chained``: what
-    ran these trials in another phase's Tune run (whose wall time that phase's summary gives)."""
+def summary(outcome, note: str = "", wall: bool = True) -> str:
+    """Per arm: trials by status, epochs, training time and the best value; ``wall``: with the
+    Tune run's wall time (not for trials that ran in another phase's Tune run)."""
     counts: dict[str, dict[str, int]] = {}
     spent: dict[str, list[float]] = {}
     for trial in outcome.trials:
@@ -201,8 +203,8 @@ def summary(outcome, chained: str = "") -> str:
         epochs_seconds = spent.setdefault(trial["arm"], [0, 0.0])
         epochs_seconds[0] += trial["epochs"]
         epochs_seconds[1] += trial["train_time_s"]
-    wall = f", {outcome.wall_s:.0f} s wall time" if not chained else ""
-    lines = [f"\n{outcome.phase} phase{' (' + chained + ')' if chained else ''}: {len(outcome.trials)} trials, {outcome.epochs} epochs{wall}"]
+    took = f", {outcome.wall_s:.0f} s wall time" if wall else ""
+    lines = [f"\n{outcome.phase} phase: {len(outcome.trials)} trials, {outcome.epochs} epochs{took}" + (f" ({note})" if note else "")]
     lines.append(f"{'arm':<24}{'trials':>7}{'epochs':>7}{'train s':>9}{'best ' + outcome.metric:>22}  statuses")
     for arm, by_status in counts.items():
         best = outcome.best.get(arm)

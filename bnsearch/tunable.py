@@ -3,7 +3,7 @@ assignment, not a retrace.
 
 Keras puts a layer's or an optimizer's float hyperparameters (BN momentum and epsilon, weight
 decay, a schedule's learning rate) into the graph it traces as constants: a trial that differs
-from the last one only in those would trace its training step again (about 18 s for
+from the last one only in those would trace its training step again (about 20 s for
 MobileNetV2 on a CPU, against a 3 s epoch). A class that lists names in ``TUNABLE`` (with
 :class:`Tunable` first among its bases) reads each of them from a variable of its own inside a
 traced function, and as the plain value it was given everywhere else (``get_config``, a

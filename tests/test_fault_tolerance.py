@@ -100,12 +100,13 @@ def assert_one_finished_run_per_trial(storage: Path, expected: int) -> list:
 
 
 def tune_results(storage: Path, phase: str) -> dict[str, list[dict]]:
-    """Every result row of every trial in the phase's Tune run, as Tune's own state has it."""
+    """Every result row of every trial of ``phase`` in the search's Tune run (which runs the
+    first replicate look too), as Tune's own state has it."""
     from ray.tune import ExperimentAnalysis
 
-    (experiment,) = [p for p in storage.iterdir() if p.is_dir() and p.name.endswith(f"-{phase}")]
+    (experiment,) = [p for p in storage.iterdir() if p.is_dir() and p.name.endswith("-search")]
     frames = ExperimentAnalysis(str(experiment)).trial_dataframes
-    return {trial: frame.to_dict("records") for trial, frame in frames.items()}
+    return {trial: frame.to_dict("records") for trial, frame in frames.items() if frame["config/phase"].iloc[0] == phase}
 
 
 def test_a_worker_node_lost_mid_sweep_costs_only_the_epochs_since_its_trials_last_checkpoints(cluster, tmp_path):
@@ -157,7 +158,8 @@ def test_a_killed_driver_resumes_with_the_same_command_without_rerunning_or_dupl
     runs = assert_one_finished_run_per_trial(storage, SEARCH_TRIALS + REPLICATE_TRIALS)
     ended = {r.data.tags["trial_key"]: r.info.end_time for r in runs}
     assert all(ended[key] == end for key, end in finished_before.items())  # finished trials were not re-run
-    assert len(tune_results(storage, "search")) == SEARCH_TRIALS  # the restored searchers added no trial
+    # The restored searchers added no trial, search or (chained onto it) replicate.
+    assert (len(tune_results(storage, "search")), len(tune_results(storage, "replicate"))) == (SEARCH_TRIALS, REPLICATE_TRIALS)
     assert sorted(r.data.tags["phase"] for r in runs).count("replicate") == REPLICATE_TRIALS
     assert "report.md" in {a.path for a in mlflow.list_artifacts(parents[0].info.run_id)}
     print(f"driver kill: SIGKILL with {len(finished_before)} trials finished and {running_before} running; the rerun "

@@ -36,7 +36,6 @@ from __future__ import annotations
 import math
 
 import keras
-import tensorflow as tf
 from keras import ops
 
 from bnsearch.tunable import Tunable
@@ -49,47 +48,6 @@ class BatchNormalization(Tunable, keras.layers.BatchNormalization):
     """Keras' BatchNormalization (plain, renorm or synchronized), its momenta and epsilon tunable."""
 
     TUNABLE = ("momentum", "renorm_momentum", "epsilon")
-
-    def call(self, inputs, training=None, mask=None):
-        if not (training and self.trainable) or mask is not None or self.renorm or self.synchronized \
-                or keras.backend.backend() != "tensorflow":
-            return super().call(inputs, training=training, mask=mask)
-        x = ops.cast(inputs, backend_float(inputs))
-        channels = x.shape[self.axis]
-        gamma = ops.cast(self.gamma, x.dtype) if self.scale else ops.ones((channels,), x.dtype)
-        beta = ops.cast(self.beta, x.dtype) if self.center else ops.zeros((channels,), x.dtype)
-        axes = [a for a in range(len(x.shape)) if a != self.axis % len(x.shape)]
-        outputs, mean, variance = normalize_in_training(x, gamma, beta, ops.cast(self.epsilon, x.dtype), axes)
-        momentum = ops.cast(self.momentum, x.dtype)
-        self.moving_mean.assign(ops.cast(self.moving_mean, x.dtype) * momentum + mean * (1.0 - momentum))
-        self.moving_variance.assign(ops.cast(self.moving_variance, x.dtype) * momentum + variance * (1.0 - momentum))
-        return ops.cast(outputs, self.compute_dtype)
-
-
-def normalize_in_training(x, gamma, beta, epsilon, axes):
-    """Training-mode BN with its gradient in closed form: (outputs, batch mean, biased batch
-    variance). The same values as Keras' ``moments`` and ``batch_normalization``; what differs
-    is the traced gradient, a dozen ops per layer instead of the generic gradients of every op
-    in the moments (most of MobileNetV2's 40 s trace on a CPU)."""
-    shape = [1 if a in axes else -1 for a in range(len(x.shape))]
-
-    @tf.custom_gradient
-    def forward(x, gamma, beta):
-        mean, variance = tf.nn.moments(x, axes, keepdims=True)
-        inverse = tf.math.rsqrt(variance + epsilon)
-        normalized = (x - mean) * inverse
-        outputs = normalized * tf.reshape(gamma, shape) + tf.reshape(beta, shape)
-
-        def gradient(upstream, *_):  # the moments feed only the moving averages: no gradient through them
-            scaled = upstream * tf.reshape(gamma, shape)
-            dx = inverse * (scaled - tf.reduce_mean(scaled, axes, keepdims=True)
-                            - normalized * tf.reduce_mean(scaled * normalized, axes, keepdims=True))
-            return dx, tf.reduce_sum(upstream * normalized, axes), tf.reduce_sum(upstream, axes)
-
-        return (outputs, tf.reshape(mean, [-1]), tf.reshape(variance, [-1])), gradient
-
-    outputs, mean, variance = forward(x, gamma, beta)
-    return outputs, tf.stop_gradient(mean), tf.stop_gradient(variance)
 
 
 @keras.saving.register_keras_serializable(package="bnsearch")

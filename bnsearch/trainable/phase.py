@@ -6,9 +6,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import dataclasses
 import time
 from collections.abc import Callable
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
