@@ -200,7 +200,7 @@ def model_for(model: str, config: Mapping[str, Any], input_shape, num_classes: i
     _kept[key] = kept
     if len(_kept) > KEPT_MODELS:
         _kept.popitem(last=False)
-        tf_context.context().clear_kernel_cache()  # the evicted model's instantiated functions with it
+        tf_context.context().clear_kernel_cache()  # the whole cache: a kept model instantiates its step once more
     return kept
 
 

@@ -60,7 +60,7 @@ def run(sweep: Sweep, phases: Sequence[str], *, tracker: tracking.SweepTracker, 
         outcome = trainable.run_phase(sweep, "search", tracker=tracker, sweep_id=sweep_id, storage=str(storage),
                                       address=address, run_tags=run_tags, log_file=log_file, then=then)
         tracker.set_tags({"search": "done"})  # a resumed sweep goes on with the replicate phase
-        if then:
+        if any(t["phase"] == "replicate" for t in outcome.trials):  # chained, this run or the one it restored
             echo(summary(outcome.of("search"), "its Tune run went on with each arm's first replicate look"))
             echo(summary(outcome.of("replicate"), "each arm's first look, in the search's Tune run", wall=False))
         else:
@@ -115,7 +115,7 @@ class FirstLook:
 
     Called on the driver with the last epoch each of the arm's search trials reported to Tune;
     None (Tune asks again) until MLflow holds those epochs too (a trial stopped early sends its
-    last ones as it stops), or ``WAIT_S`` has passed: then the records as they stand decide."""
+    last ones as it stops); none if they are still missing after ``WAIT_S``."""
 
     WAIT_S, READ_EVERY_S = 60.0, 1.0
 
@@ -135,8 +135,10 @@ class FirstLook:
         table = results.from_records(self.tracker.trial_records())
         search = table[(table["phase"] == "search") & (table["arm"] == arm)] if len(table) else table
         recorded = search.groupby("trial_index")["epoch"].max().to_dict() if len(search) else {}
-        if any(recorded.get(index, 0) < epoch for index, epoch in reported.items()) and now - first < self.WAIT_S:
-            return None
+        if any(recorded.get(index, 0) < epoch for index, epoch in reported.items()):
+            # Never chosen from part of the records: past WAIT_S the arm's first look runs after
+            # the search, in a Tune run of its own, chosen from what is recorded then.
+            return None if now - first < self.WAIT_S else []
         try:
             best = results.best_configs(table, [arm], self.sweep.metric, self.sweep.mode)
         except LookupError:
