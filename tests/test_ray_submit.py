@@ -1,5 +1,7 @@
-"""The used-by command for real: ``ray up``, ``ray submit <yaml> sweeps/placement.py --dry-run``
-and ``ray down`` against a one-node cluster on this machine, reached over SSH.
+"""The used-by command for real: ``ray up``, ``ray submit <yaml> sweeps/bn_vs_none.py --dry-run``
+and ``ray down`` against a one-node cluster on this machine, reached over SSH. The submitted
+sweep is the cheapest shipped one (an MLP, about a minute): what is tested here is the launcher
+path, which is the same for every sweep file; the placement dry run is the README's own command.
 
 An sshd of our own listens on 127.0.0.1 with its own config, host key, authorized keys and
 client key in a temporary directory (nothing in ~/.ssh is touched). Its logins get a HOME of
@@ -25,9 +27,13 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from bnsearch.cli import load_sweep
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # this virtualenv: python, ray and bnsearch for the "remote" login shell
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
+SWEEP_FILE = ROOT / "sweeps" / "bn_vs_none.py"
+SWEEP = load_sweep(str(SWEEP_FILE), dry_run=True)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1200)]
 
@@ -122,7 +128,7 @@ def ray_cli(*args: str, timeout: float) -> str:
     return output
 
 
-def test_ray_up_submit_down_runs_the_placement_dry_run(sshd, tmp_path, free_port):
+def test_ray_up_submit_down_runs_a_shipped_sweeps_dry_run(sshd, tmp_path, free_port):
     port, key, home = sshd
     config = loopback_config(port, key, tmp_path, ray_port=free_port())
     name = yaml.safe_load(config.read_text())["cluster_name"]
@@ -130,7 +136,7 @@ def test_ray_up_submit_down_runs_the_placement_dry_run(sshd, tmp_path, free_port
         started = time.monotonic()
         ray_cli("up", "-y", "--no-config-cache", str(config), timeout=300)
         up_s = time.monotonic() - started
-        output = ray_cli("submit", str(config), str(ROOT / "sweeps" / "placement.py"), "--dry-run", timeout=900)
+        output = ray_cli("submit", str(config), str(SWEEP_FILE), "--dry-run", timeout=900)
         submit_s = time.monotonic() - started - up_s
     finally:
         ray_cli("down", "-y", str(config), timeout=120)
@@ -140,14 +146,15 @@ def test_ray_up_submit_down_runs_the_placement_dry_run(sshd, tmp_path, free_port
 
     # What the sweep on the "cluster" wrote lands where its ~/.bashrc pointed BNSEARCH_STORAGE.
     mlflow = MlflowClient(f"sqlite:///{tmp_path / 'results' / 'mlflow.db'}")
-    experiment = mlflow.get_experiment_by_name("placement-dry-run")
+    experiment = mlflow.get_experiment_by_name(f"{SWEEP.name}-dry-run")
     runs = mlflow.search_runs([experiment.experiment_id], max_results=1000)
     parents = [r for r in runs if r.data.tags.get("role") == "sweep"]
     children = [r for r in runs if "trial_key" in r.data.tags]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     phases = sorted(r.data.tags["trial_key"].split("/")[1] for r in children)
-    assert phases == ["replicate"] * 6 + ["search"] * 4  # 2 arms x (3 seeds + 2 trials)
+    arms = len(SWEEP.arms())
+    assert phases == ["replicate"] * (arms * SWEEP.budget.seeds) + ["search"] * (arms * SWEEP.budget.trials_per_arm)
     assert {r.info.status for r in children} == {"FINISHED"}
     assert len({r.data.tags["trial_key"] for r in children}) == len(children)
-    assert (home / "placement.py").exists()  # submitted to the head's home, run from there
+    assert (home / SWEEP_FILE.name).exists()  # submitted to the head's home, run from there
     print(f"\nray up {up_s:.0f} s, ray submit {submit_s:.0f} s: 1 parent + {len(children)} child runs FINISHED")

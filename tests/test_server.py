@@ -18,6 +18,7 @@ import requests
 from mlflow.tracking import MlflowClient
 
 from bnsearch import server, tracking
+from bnsearch.cli import load_sweep
 from bnsearch.identity import TrialId
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -246,11 +247,13 @@ def test_metrics_held_back_by_an_outage_are_sent_later_and_survive_a_checkpoint(
 
 
 def test_a_sweep_goes_on_through_an_mlflow_outage_and_loses_no_epoch(tmp_path, free_port):
+    sweep_file = ROOT / "tests" / "sweeps" / "packed_mlp.py"
+    epochs = load_sweep(str(sweep_file), dry_run=True).budget.max_epochs
     port = free_port()
     backend, artifacts = f"sqlite:///{tmp_path / 'mlflow.db'}", str(tmp_path / "artifacts")
     mlflow_server = server.MlflowServer(backend, artifacts, port=port, state_dir=tmp_path).start()
     url = mlflow_server.url
-    sweep = subprocess.Popen([sys.executable, str(ROOT / "tests" / "sweeps" / "packed_mlp.py"), "--dry-run", "--phase", "search",
+    sweep = subprocess.Popen([sys.executable, str(sweep_file), "--dry-run", "--phase", "search",
                               "--tracking-uri", url, "--storage", str(tmp_path / "results")],
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -272,11 +275,11 @@ def test_a_sweep_goes_on_through_an_mlflow_outage_and_loses_no_epoch(tmp_path, f
         during_outage = 0
         for run in runs:
             history = client.get_metric_history(run.info.run_id, "val_accuracy")
-            assert sorted(m.step for m in history) == list(range(1, 9)), run.data.tags["trial_key"]  # every epoch, once
+            assert sorted(m.step for m in history) == list(range(1, epochs + 1)), run.data.tags["trial_key"]  # every epoch, once
             during_outage += sum(down_at * 1000 < m.timestamp < up_at * 1000 for m in history)
         assert during_outage > 0  # epochs were trained (and timestamped) while MLflow was down
         print(f"outage: MLflow down {up_at - down_at:.0f} s mid-sweep; {during_outage} epochs trained meanwhile; "
-              f"{len(runs)} trials x 8 epochs all in MLflow, all FINISHED")
+              f"{len(runs)} trials x {epochs} epochs all in MLflow, all FINISHED")
     finally:
         if sweep.poll() is None:
             sweep.kill()

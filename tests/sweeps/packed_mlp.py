@@ -2,7 +2,7 @@
 checkpoint every epoch and run long enough (a few seconds) to be interrupted, two per GPU.
 
 Command:  bnsearch run tests/sweeps/packed_mlp.py --address <a cluster with GPUs>
-          bnsearch run tests/sweeps/packed_mlp.py --dry-run      (local, no GPU, 2 trials per arm)
+          bnsearch run tests/sweeps/packed_mlp.py --dry-run      (local, no GPU, 2 trials per arm, 4 epochs)
 Cost:     2 arms x (3 search trials + 2 seeds) x 8 epochs, about a minute on 2 CPUs.
 """
 
@@ -25,7 +25,7 @@ def get_sweep(dry_run: bool = False) -> Sweep:
         resources=Resources(cpu=1, gpu=0.5),
     )
     if dry_run:
-        return sweep.replace(budget=dataclasses.replace(sweep.budget, trials_per_arm=2), resources=Resources(cpu=1))
+        return sweep.replace(budget=dataclasses.replace(sweep.budget, trials_per_arm=2, max_epochs=4), resources=Resources(cpu=1))
     return sweep
 
 
