@@ -5,8 +5,11 @@
    same seeds for every arm (paired) and disjoint from the search seeds (10000+), at the full
    epoch budget with no early stopping; look by look of the sweep's group-sequential plan, and
    no further once every comparison is decided;
-3. *report*: the results table rebuilt from MLflow, statistics, plots, report files logged on
-   the parent run.
+3. *report*: statistics, plots, report files logged on the parent run.
+
+The driver's results table is what MLflow held when it started, kept up to date from what its
+trials report to Tune (each report holds what the trial logged on its run), so deciding a look
+costs no MLflow read; ``bnsearch report`` rebuilds the same table from MLflow alone.
 
 A phase run on its own continues a sweep that exists (the latest of the experiment unless a
 sweep id is given), so ``--phase replicate`` after ``--phase search`` is the same as ``all``.
@@ -49,6 +52,7 @@ def run(sweep: Sweep, phases: Sequence[str], *, tracker: tracking.SweepTracker, 
     from bnsearch import trainable  # Ray loads only when a phase trains
 
     ok = True
+    tracker.follow_reports()
     log_file = None if verbose else report_dir.parent / TUNE_LOG
     correct: dict[tuple[str, int], Any] = {}  # per-example test results, fetched once per run
     if "search" in phases and tracker.tags().get("search") == "done":
@@ -114,8 +118,9 @@ class FirstLook:
     recorded: what the search's Tune run goes on with once the arm's search is over.
 
     Called on the driver with the last epoch each of the arm's search trials reported to Tune;
-    None (Tune asks again) until MLflow holds those epochs too (a trial stopped early sends its
-    last ones as it stops); none if they are still missing after ``WAIT_S``."""
+    None (Tune asks again) until the tracker's records hold those epochs too (at once while it
+    follows the reports; read from MLflow in a restored Tune run, where a trial stopped early
+    sends its last epochs as it stops); none if they are still missing after ``WAIT_S``."""
 
     WAIT_S, READ_EVERY_S = 60.0, 1.0
 
@@ -181,7 +186,8 @@ def per_example(tracker: tracking.SweepTracker, table, spec_record: dict[str, An
 
 def make_report(tracker: tracking.SweepTracker, spec_record: dict[str, Any], out: Path,
                 correct: dict[tuple[str, int], Any] | None = None) -> str:
-    """Rebuild the results table from MLflow, write and log the report; return its summary.
+    """The results table (from MLflow, unless the tracker follows the reports), the report
+    written and logged; returns its summary.
     ``correct``: per-example results already fetched, not fetched again."""
     table = results.from_records(tracker.trial_records())
     out.mkdir(parents=True, exist_ok=True)

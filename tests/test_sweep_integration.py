@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -82,6 +83,20 @@ def test_every_trial_left_its_whole_history_in_one_file(finished, tmp_path):
     for c in children:
         stored = store.decode_history(Path(client.download_artifacts(c.info.run_id, HISTORY_FILE, str(tmp_path))).read_bytes())
         assert json.dumps(stored, sort_keys=True) == json.dumps(store.read_history(client, c), sort_keys=True), c.data.tags["status"]
+
+def test_the_driver_kept_the_table_mlflow_gives_from_its_trials_reports(finished, tmp_path):
+    """The results table the driver decided on and reported (kept from what the trials reported
+    to Tune, no MLflow read) is the one a new reader rebuilds from MLflow, row for row."""
+    from bnsearch import tracking
+
+    _, client, parents, _, storage = finished
+    reader = tracking.SweepTracker(client.tracking_uri, "tiny_mlp", create=False)
+    reader.open_sweep(parents[0].data.tags["sweep_id"])
+    rebuilt = results.write(results.from_records(reader.trial_records()), tmp_path / results.FILE)
+    kept = next(storage.glob("tiny_mlp-*/report")) / results.FILE
+    pd.testing.assert_frame_equal(pd.read_parquet(kept), pd.read_parquet(rebuilt))
+    assert set(pd.read_parquet(kept)["phase"]) == {"search", "replicate"}
+
 
 def test_the_parent_run_records_spec_and_versions(finished, tmp_path):
     _, client, parents, _, _ = finished

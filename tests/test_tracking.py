@@ -2,11 +2,12 @@ import json
 import sys
 import time
 
+import pandas as pd
 import pytest
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from bnsearch import tracking
+from bnsearch import results, tracking
 from bnsearch.identity import TrialId
 
 
@@ -154,6 +155,43 @@ def test_a_sweep_reads_back_in_one_request_per_trial_and_a_read_again_costs_one(
     assert same(slow, records)
     counting.calls.clear()
     assert reader.trial_records() == records and counting.calls == {"search_runs": 1} and len(files) == 4  # nothing changed: nothing read
+
+
+def test_a_driver_following_its_trials_reports_has_the_table_mlflow_gives_without_reading_it(tmp_path):
+    """What the trials report is what they logged: the driver keeps its records from the reports
+    (a run from before it started read once), and they give the table MLflow gives a new reader."""
+    t = tracker(tmp_path)
+    [earlier] = log_trials(t, count=1, metrics=2, epochs=2, finish=False)  # a trial from before this driver
+    t.follow_reports()
+    t.client = counting = CountingClient(t.client)
+
+    def trains(run, key: TrialId, params: dict, epochs: range) -> None:
+        for epoch in epochs:
+            metrics = {"epoch": float(epoch), "m0": epoch / 3, "m1": -epoch, "nan": float("nan"), "inf": float("inf")}
+            if epoch == epochs[-1]:
+                metrics["test_accuracy"] = 0.75  # logged only at the end
+            run.log_epoch(epoch, metrics)
+            t.record_report(key, run.run_id, params, metrics)
+        run.finish()
+
+    trains(earlier, trial("a", 0), {"lr": 0.0}, range(3, 4))  # resumed: one more epoch
+    new = trial("b", 1)
+    params = {"arm": "b", "phase": "search", "trial_index": 1, "seed": 1, "lr": 0.3, "widths": [4, 8], "bn": "before"}
+    run = tracking.TrialRun.open(t.tracking_uri, t.experiment_id, t.parent_run_id, new, params=params)
+    trains(run, new, params, range(1, 4))
+    t.close_trial(new, "finished", run.run_id)
+    t.close_trial(trial("a", 0), "stopped_early", earlier.run_id)
+    followed = t.trial_records()
+    assert not {"search_runs", "get_metric_history", "download_artifacts"} & set(counting.calls)
+
+    reader = tracking.SweepTracker(t.tracking_uri, "exp", create=False)
+    reader.open_sweep("sweep-1")
+    from_mlflow = results.from_records(reader.trial_records())
+    pd.testing.assert_frame_equal(results.from_records(followed), from_mlflow)
+    assert sorted(from_mlflow.drop_duplicates("run_id")["status"]) == ["finished", "stopped_early"] and len(from_mlflow) == 6
+    assert t.__getstate__()["_followed"] is None  # Tune's pickled copy follows nothing
+    t.read_again()  # e.g. a restored Tune run, whose trials reported elsewhere
+    assert same(t.trial_records(), reader.trial_records()) and counting.calls["search_runs"] == 1
 
 
 def test_a_stale_or_missing_history_file_falls_back_to_the_store(tmp_path):

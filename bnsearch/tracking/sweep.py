@@ -16,7 +16,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NOTE
 
 from bnsearch.identity import TrialId
 from bnsearch.spec import COMPLETED
-from bnsearch.tracking.store import as_params, find_run, first_run, mlflow_key, parse_param, run_history, with_retries
+from bnsearch.tracking.store import as_params, as_stored, find_run, first_run, mlflow_key, parse_param, run_history, with_retries
 from bnsearch.tracking.trial import TrialRun
 
 MAX_TAG_LENGTH = 8000  # MLflow's limit on a tag value
@@ -41,10 +41,13 @@ class SweepTracker:
             self.experiment_id = found.experiment_id
         self.parent_run_id: str | None = None
         self._read: dict[str, tuple] = {}  # run id -> (what the run looked like, its record)
+        self._followed: dict[str, dict[str, Any]] | None = None  # trial key -> record, while following reports
+        self._stale = False  # followed records to read again from MLflow first
 
     def __getstate__(self) -> dict:
-        # Tune pickles its callbacks, this tracker among them, into the experiment's files: not the records read.
-        return {**self.__dict__, "_read": {}}
+        # Tune pickles its callbacks, this tracker among them, into the experiment's files: not the
+        # records read, and a copy follows no reports (its reader is another process, or a restore).
+        return {**self.__dict__, "_read": {}, "_followed": None}
 
     def start_sweep(self, sweep_id: str, params: Mapping[str, Any], tags: Mapping[str, str], artifacts: Mapping[str, Any]) -> str:
         """Find or create the parent run of ``sweep_id``; log params, tags and JSON artifacts."""
@@ -59,13 +62,15 @@ class SweepTracker:
         self.parent_run_id = run.info.run_id
         return self.parent_run_id
 
-    def close_trial(self, trial: TrialId, status: str) -> None:
+    def close_trial(self, trial: TrialId, status: str, run_id: str | None = None) -> None:
         """Set a child run's final status (tag and MLflow status); create it if the trial
-        died before it could."""
-        with_retries(lambda: self._close_trial(trial, status), f"closing the run of {trial.key}")
+        died before it could. ``run_id``: the run its trial reported, when it reported one."""
+        with_retries(lambda: self._close_trial(trial, status, run_id), f"closing the run of {trial.key}")
+        if self._followed is not None and trial.key in self._followed:  # stale: the next read has it from MLflow
+            self._followed[trial.key]["tags"]["status"] = status
 
-    def _close_trial(self, trial: TrialId, status: str) -> None:
-        run = find_run(self.client, self.experiment_id, trial_key=trial.key)
+    def _close_trial(self, trial: TrialId, status: str, run_id: str | None) -> None:
+        run = self.client.get_run(run_id) if run_id else find_run(self.client, self.experiment_id, trial_key=trial.key)
         if run is None:
             run = TrialRun.open(self.tracking_uri, self.experiment_id, self.parent_run_id, trial).run
         elif run.info.status != "RUNNING" and run.data.tags.get("status") == status:
@@ -85,6 +90,8 @@ class SweepTracker:
         for run in runs:
             self.client.set_tag(run.info.run_id, "status", "failed")
             self.client.set_terminated(run.info.run_id, "FAILED")
+        if runs:
+            self.read_again()  # their trials never said how they ended: MLflow has the last word
         return len(runs)
 
     def end_sweep(self, ok: bool) -> None:
@@ -117,15 +124,55 @@ class SweepTracker:
         return self.client.search_runs([self.experiment_id], filter_string=f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{self.parent_run_id}'",
                                        max_results=SEARCH_PAGE)
 
+    def follow_reports(self) -> None:
+        """From now on :meth:`trial_records` is what MLflow holds now, read once, kept up to date
+        from what this driver's trials report (:meth:`record_report`, :meth:`close_trial`):
+        reading it again costs no request. After :meth:`read_again` (a Tune run restored: its
+        callbacks are copies that report elsewhere) the next read goes to MLflow, and following
+        goes on from there."""
+        self._followed, self._stale = self._read_records(copies=True), False
+
+    def read_again(self) -> None:
+        """The next read of the records followed goes to MLflow."""
+        self._stale = True
+
+    def _following(self) -> dict[str, dict[str, Any]] | None:
+        """The records followed, read again from MLflow first if stale; None when not following."""
+        if self._followed is not None and self._stale:
+            self.follow_reports()
+        return self._followed
+
+    def record_report(self, trial: TrialId, run_id: str, params: Mapping[str, Any], metrics: Mapping[str, float]) -> None:
+        """One epoch a trial reported to Tune (and logged on its run ``run_id`` before), kept in
+        the records followed as MLflow stores it: params as they read back, ±inf clipped."""
+        followed = self._following()
+        if followed is None:
+            return
+        record = followed.get(trial.key)
+        if record is None or record["run_id"] != run_id:
+            record = followed[trial.key] = {
+                "run_id": run_id, "tags": {**trial.tags(), "trial_key": trial.key, "status": "running"},
+                "params": {p.key: parse_param(p.value) for p in as_params(params)}, "history": {}}
+        step = int(metrics["epoch"])
+        for key, value in metrics.items():
+            record["history"].setdefault(key, {})[step] = as_stored(float(value))
+
     def trial_records(self) -> list[dict[str, Any]]:
         """Every child run as plain data: run id, tags, typed params and each metric's
-        per-epoch history ``{key: {step: value}}``.
+        per-epoch history ``{key: {step: value}}``. While following reports
+        (:meth:`follow_reports`): the records followed, no request.
 
-        One search for the runs, then one file per run (the history its trial wrote); a run this
-        tracker read before and that has not changed since (same status, tags, params and
-        latest metrics) is not read again, so the driver's reads after each phase cost one request
-        plus one per new or changed run."""
-        records = []
+        Otherwise one search for the runs, then one file per run (the history its trial wrote);
+        a run this tracker read before and that has not changed since (same status, tags, params
+        and latest metrics) is not read again, so a read after another costs one request plus
+        one per new or changed run."""
+        followed = self._following()
+        return list((followed if followed is not None else self._read_records()).values())
+
+    def _read_records(self, copies: bool = False) -> dict[str, dict[str, Any]]:
+        """The records in MLflow, by trial key (see :meth:`trial_records`); ``copies``: records
+        that may change without changing what was read."""
+        records = {}
         by_key: dict[str, list] = {}
         for run in self.child_runs():
             by_key.setdefault(run.data.tags.get("trial_key", run.info.run_id), []).append(run)
@@ -138,7 +185,10 @@ class SweepTracker:
                           "params": {k: parse_param(v) for k, v in run.data.params.items()},
                           "history": run_history(self.client, run)}
                 known = self._read[run.info.run_id] = (seen, record)
-            records.append(known[1])
+            record = known[1]
+            if copies:
+                record = {**record, "tags": dict(record["tags"]), "history": {k: dict(v) for k, v in record["history"].items()}}
+            records[run.data.tags.get("trial_key", run.info.run_id)] = record
         return records
 
     def run_file(self, run_id: str, name: str) -> bytes | None:

@@ -22,19 +22,27 @@ from bnsearch.models.registry import is_import_path
 from bnsearch.spec import FAILURES, SpecError, Sweep, one_line
 from bnsearch.trainable.searchers import ArmScheduler, ArmSearcher, FixedConfigs, ThenReplicate
 from bnsearch.trainable.trial import (
-    TrialSetup, dataset_loaded, load_dataset, model_problems, train_trial, trial_status,
+    RUN_ID, TrialSetup, dataset_loaded, load_dataset, logged_metrics, model_problems, train_trial, trial_status,
 )
 
 
 class CloseTrialRuns(tune.Callback):
-    """Driver side: give every trial's MLflow run its final status once Tune is done with it."""
+    """Driver side: every epoch a trial reports kept in the tracker's records (what the trial
+    logged on its run: the driver's results table needs no MLflow read), and every trial's MLflow
+    run given its final status once Tune is done with it."""
 
-    def __init__(self, tracker: tracking.SweepTracker, sweep_id: str, max_epochs: int):
-        self.tracker, self.sweep_id, self.max_epochs = tracker, sweep_id, max_epochs
+    def __init__(self, tracker: tracking.SweepTracker, trials: TrialSetup):
+        self.tracker, self.trials = tracker, trials  # not `setup`: a Tune callback's method
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if RUN_ID in result:
+            self.tracker.record_report(TrialId.of(self.trials.sweep_id, trial.config), result[RUN_ID],
+                                       self.trials.run_params(trial.config), logged_metrics(result))
 
     def _close(self, trial, errored: bool) -> None:
-        status = trial_status(trial.last_result, self.max_epochs, errored)
-        self.tracker.close_trial(TrialId.of(self.sweep_id, trial.config), status)
+        status = trial_status(trial.last_result, self.trials.max_epochs, errored)
+        run_id = (trial.last_result or {}).get(RUN_ID)
+        self.tracker.close_trial(TrialId.of(self.trials.sweep_id, trial.config), status, run_id)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._close(trial, errored=False)
@@ -209,7 +217,8 @@ def run_phase(sweep: Sweep, phase: str, *, tracker: tracking.SweepTracker, sweep
                                     {"cpu": sweep.resources.cpu, "gpu": sweep.resources.gpu})
     name = name or f"{sweep_id}-{phase}"
     storage = storage if "://" in storage else os.path.abspath(storage)
-    if tune.Tuner.can_restore(f"{storage}/{name}"):
+    restored = tune.Tuner.can_restore(f"{storage}/{name}")
+    if restored:
         # The run config, callbacks and searcher state come back from the experiment's own files.
         tuner = tune.Tuner.restore(f"{storage}/{name}", trainable=trainable)
     else:
@@ -223,7 +232,7 @@ def run_phase(sweep: Sweep, phase: str, *, tracker: tracking.SweepTracker, sweep
             total, searcher, scheduler = len(configs), FixedConfigs(configs), FIFOScheduler()
             samples = total
         concurrency = sweep.budget.max_concurrent_trials or slots(sweep.resources.cpu, sweep.resources.gpu) or total
-        callbacks = [CloseTrialRuns(tracker, sweep_id, sweep.budget.max_epochs)] if track else []
+        callbacks = [CloseTrialRuns(tracker, dataclasses.replace(setup, arrays=None))] if track else []
         callbacks.append(ShowProgress(sweep.metric, sweep.mode, sweep.budget.max_epochs))
         tuner = tune.Tuner(
             trainable,
@@ -251,6 +260,8 @@ def run_phase(sweep: Sweep, phase: str, *, tracker: tracking.SweepTracker, sweep
         with _tune_output(log_file, view):  # the view writes to the console stdout was before
             grid = tuner.fit()
     finally:
+        if restored:
+            tracker.read_again()  # its trials reported to the restored callbacks' copy of the tracker
         if track:
             tracker.close_orphans()
     trials = sorted((_trial_summary(result, sweep) for result in grid), key=lambda t: (t["arm"], t["trial_index"]))

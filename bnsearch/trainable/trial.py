@@ -10,10 +10,21 @@ from typing import Any
 
 import ray
 from ray import tune
+from ray.tune.result import AUTO_RESULT_KEYS, DONE, EXPERIMENT_TAG, SHOULD_CHECKPOINT, TRIAL_ID
 
 from bnsearch import data, tracking
 from bnsearch.identity import TrialId
 from bnsearch.spec import SpecError, Sweep
+
+
+RUN_ID = "run_id"  # the report's key for the trial's MLflow run; every other key of ours was logged on it
+# What Tune adds to every report, besides what the trial logged.
+TUNE_KEYS = {*AUTO_RESULT_KEYS, DONE, TRIAL_ID, EXPERIMENT_TAG, SHOULD_CHECKPOINT, RUN_ID}
+
+
+def logged_metrics(result: dict) -> dict[str, float]:
+    """The metrics of a trial's report to Tune that it logged on its run."""
+    return {k: v for k, v in result.items() if k not in TUNE_KEYS and not k.startswith("__")}
 
 
 @dataclass(frozen=True)
@@ -35,6 +46,10 @@ class TrialSetup:
     arrays: Any = None  # an ObjectRef to the loaded dataset, in Ray's object store once per sweep
     track: bool = True  # False only to measure what tracking costs (bench/)
 
+    def run_params(self, config: dict) -> dict:
+        """What a trial's MLflow run logs as its params: its configuration, the model and the dataset."""
+        return {**config, "model": self.model, "dataset": self.dataset, **{f"dataset.{k}": v for k, v in self.dataset_args.items()}}
+
 
 def train_trial(config: dict, setup: TrialSetup) -> None:
     """The Tune function trainable: one Keras training, tracked in its own MLflow child run."""
@@ -46,13 +61,13 @@ def train_trial(config: dict, setup: TrialSetup) -> None:
 
     run = setup.track and tracking.TrialRun.open(
         setup.tracking_uri, setup.experiment_id, setup.parent_run_id, TrialId.of(setup.sweep_id, config),
-        params={**config, "model": setup.model, "dataset": setup.dataset, **{f"dataset.{k}": v for k, v in setup.dataset_args.items()}},
+        params=setup.run_params(config),
         tags={**setup.run_tags, **train.environment()},
     )
     if run and run.completed:
         # It ended after Tune's last snapshot of a driver that was then killed: hand Tune (and the
         # searcher) what MLflow recorded instead of training it again.
-        tune.report(run.final_metrics())
+        tune.report({**run.final_metrics(), RUN_ID: run.run_id})
         return
     train.setup_tensorflow(max(1, int(setup.cpu)), gpu_share=setup.gpu)
 
@@ -64,7 +79,8 @@ def train_trial(config: dict, setup: TrialSetup) -> None:
             if train.ends_run(metrics, setup.max_epochs):
                 run.finish()  # the driver closes the run on this report: every epoch must be in by then
         checkpoint = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
-        tune.report(metrics, checkpoint=checkpoint)
+        # With the run's id, the driver keeps its results table from these reports (what was logged).
+        tune.report({**metrics, RUN_ID: run.run_id} if run else metrics, checkpoint=checkpoint)
 
     checkpoint = tune.get_checkpoint()
     try:
