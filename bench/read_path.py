@@ -11,7 +11,10 @@ holds one of the same size is reused. Measured, side by side:
 - the report rebuilt from it (``bnsearch report``: the table, statistics, plots, files logged);
 - the results table alone, read the way it is now and, on ``--old-sample`` runs, the way it was
   (one request per metric per run), per run and scaled to all runs;
-- a read again by the same driver, nothing changed (what the driver pays after each phase);
+- a read again by the same driver, nothing changed (what a reader that does not follow the
+  trials' reports pays after each phase);
+- the driver's own table, kept from its trials' reports: every epoch of every run replayed as a
+  report, then the table built from what was kept (what the driver pays for each look);
 - a trial's lookup of its own run by its key, as every trial does when it starts.
 """
 
@@ -156,6 +159,7 @@ def measure(storage: Path, runs: int, old_sample: int) -> dict:
         start = time.perf_counter()
         tracker.trial_records()
         out["read_again_s"], out["read_again_calls"] = time.perf_counter() - start, dict(counter.calls)
+    out.update(followed(uri))
     sample = tracker.child_runs()[:old_sample]
     with CallCounter() as counter:
         start = time.perf_counter()
@@ -172,6 +176,30 @@ def measure(storage: Path, runs: int, old_sample: int) -> dict:
         lookups.append(time.perf_counter() - start)
     out["own_run_lookup_ms"] = 1000 * statistics.median(lookups)
     return out
+
+
+def followed(uri: str) -> dict:
+    """What following the reports costs the driver: per report kept, and per table built from them."""
+    from bnsearch import results, tracking
+    from bnsearch.identity import TrialId
+
+    driver = tracking.SweepTracker(uri, "bn_vs_none", create=False)
+    driver.open_sweep("bench")
+    driver.follow_reports()  # a continued sweep's driver reads the store once, as it starts
+    reports = 0
+    start = time.perf_counter()
+    for record in driver.trial_records():
+        trial, history = TrialId.from_run(record["tags"], record["params"]), record["history"]
+        for step in sorted({s for values in history.values() for s in values}):
+            driver.record_report(trial, record["run_id"], record["params"],
+                                 {k: values[step] for k, values in history.items() if step in values})
+            reports += 1
+    kept_s = time.perf_counter() - start
+    with CallCounter() as counter:
+        start = time.perf_counter()
+        results.from_records(driver.trial_records())
+        table_s = time.perf_counter() - start
+    return {"followed_report_us": 1e6 * kept_s / reports, "followed_table_s": table_s, "followed_table_calls": dict(counter.calls)}
 
 
 def main() -> None:
@@ -203,6 +231,8 @@ def main() -> None:
     print(f"results table, one call per metric: {figures['old_table_s_scaled']:7.1f} s (scaled from {args.old_sample} runs: "
           f"{1000 * figures['old_per_run_s']:.0f} ms and {figures['old_calls_per_run']:.0f} calls per run)")
     print(f"read again, nothing changed:        {figures['read_again_s']:7.1f} s, {sum(figures['read_again_calls'].values())} calls")
+    print(f"the driver's table, kept:           {figures['followed_table_s']:7.1f} s, "
+          f"{sum(figures['followed_table_calls'].values())} calls ({figures['followed_report_us']:.0f} us per report kept)")
     print(f"a trial's lookup of its own run:    {figures['own_run_lookup_ms']:7.1f} ms (median of 20)")
     print(json.dumps(figures))
 

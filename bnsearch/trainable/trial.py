@@ -66,8 +66,9 @@ def train_trial(config: dict, setup: TrialSetup) -> None:
     )
     if run and run.completed:
         # It ended after Tune's last snapshot of a driver that was then killed: hand Tune (and the
-        # searcher) what MLflow recorded instead of training it again.
-        tune.report({**run.final_metrics(), RUN_ID: run.run_id})
+        # searcher) what MLflow recorded instead of training it again. Without the run's id: this
+        # report is no epoch logged, and the driver's records keep only those.
+        tune.report(run.final_metrics())
         return
     train.setup_tensorflow(max(1, int(setup.cpu)), gpu_share=setup.gpu)
 
