@@ -70,13 +70,15 @@ class SweepTracker:
             self._followed[trial.key]["tags"]["status"] = status
 
     def _close_trial(self, trial: TrialId, status: str, run_id: str | None) -> None:
-        run = self.client.get_run(run_id) if run_id else find_run(self.client, self.experiment_id, trial_key=trial.key)
-        if run is None:
-            run = TrialRun.open(self.tracking_uri, self.experiment_id, self.parent_run_id, trial).run
-        elif run.info.status != "RUNNING" and run.data.tags.get("status") == status:
-            return  # closed already (a trial replayed after a driver restart): keep its end time
-        self.client.set_tag(run.info.run_id, "status", status)
-        self.client.set_terminated(run.info.run_id, _RUN_STATUS[status])
+        if run_id is None:  # a trial that reported no epoch, or one replayed after a driver restart
+            run = find_run(self.client, self.experiment_id, trial_key=trial.key)
+            if run is None:
+                run = TrialRun.open(self.tracking_uri, self.experiment_id, self.parent_run_id, trial).run
+            elif run.info.status != "RUNNING" and run.data.tags.get("status") == status:
+                return  # closed already (a replayed trial): keep its end time
+            run_id = run.info.run_id
+        self.client.set_tag(run_id, "status", status)
+        self.client.set_terminated(run_id, _RUN_STATUS[status])
 
     def close_orphans(self) -> int:
         """Mark child runs still RUNNING (their trial never reported an end) as failed."""
