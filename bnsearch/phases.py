@@ -8,7 +8,7 @@
 3. *report*: statistics, plots, report files logged on the parent run.
 
 The driver's results table is what MLflow held when it started, kept up to date from what its
-trials report to Tune (each report holds what the trial logged on its run), so deciding a look
+trials report to Tune (each report holds what the trial sent to its run), so the table of a look
 costs no MLflow read; ``bnsearch report`` rebuilds the same table from MLflow alone.
 
 A phase run on its own continues a sweep that exists (the latest of the experiment unless a

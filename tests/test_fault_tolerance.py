@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -99,6 +100,16 @@ def assert_one_finished_run_per_trial(storage: Path, expected: int) -> list:
     return runs
 
 
+def assert_the_driver_kept_the_table_mlflow_gives(storage: Path, tmp_path: Path) -> None:
+    from bnsearch import results, tracking
+
+    reader = tracking.SweepTracker(f"sqlite:///{storage / 'mlflow.db'}", SWEEP.name, create=False)
+    reader.open_sweep()
+    rebuilt = results.write(results.from_records(reader.trial_records()), tmp_path / results.FILE)
+    (kept,) = storage.glob(f"*/report/{results.FILE}")
+    pd.testing.assert_frame_equal(pd.read_parquet(kept), pd.read_parquet(rebuilt))
+
+
 def tune_results(storage: Path, phase: str) -> dict[str, list[dict]]:
     """Every result row of every trial of ``phase`` in the search's Tune run (which runs the
     first replicate look too), as Tune's own state has it."""
@@ -162,6 +173,7 @@ def test_a_killed_driver_resumes_with_the_same_command_without_rerunning_or_dupl
     assert (len(tune_results(storage, "search")), len(tune_results(storage, "replicate"))) == (SEARCH_TRIALS, REPLICATE_TRIALS)
     assert sorted(r.data.tags["phase"] for r in runs).count("replicate") == REPLICATE_TRIALS
     assert "report.md" in {a.path for a in mlflow.list_artifacts(parents[0].info.run_id)}
+    assert_the_driver_kept_the_table_mlflow_gives(storage, tmp_path)  # the restored run's trials reported elsewhere
     print(f"driver kill: SIGKILL with {len(finished_before)} trials finished and {running_before} running; the rerun "
           f"resumed the sweep: {len(runs)} MLflow child runs ({SEARCH_TRIALS} search + {REPLICATE_TRIALS} replicate), "
           f"all FINISHED, one parent run")

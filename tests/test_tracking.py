@@ -183,15 +183,23 @@ def test_a_driver_following_its_trials_reports_has_the_table_mlflow_gives_withou
     t.close_trial(trial("a", 0), "stopped_early", earlier.run_id)
     followed = t.trial_records()
     assert not {"search_runs", "get_metric_history", "download_artifacts"} & set(counting.calls)
+    crashed = trial("c", 2)  # sent its second epoch, then died before reporting it
+    run = tracking.TrialRun.open(t.tracking_uri, t.experiment_id, t.parent_run_id, crashed, params={**params, "arm": "c"})
+    trains(run, crashed, {**params, "arm": "c"}, range(1, 2))
+    run.log_epoch(2, {"epoch": 2.0, "m0": 0.5})
+    run.flush()
+    t.close_trial(crashed, "failed", run.run_id)  # what reached MLflow is what counts
+    followed = t.trial_records()
 
     reader = tracking.SweepTracker(t.tracking_uri, "exp", create=False)
     reader.open_sweep("sweep-1")
     from_mlflow = results.from_records(reader.trial_records())
     pd.testing.assert_frame_equal(results.from_records(followed), from_mlflow)
-    assert sorted(from_mlflow.drop_duplicates("run_id")["status"]) == ["finished", "stopped_early"] and len(from_mlflow) == 6
+    assert sorted(from_mlflow.drop_duplicates("run_id")["status"]) == ["failed", "finished", "stopped_early"] and len(from_mlflow) == 8
     assert t.__getstate__()["_followed"] is None  # Tune's pickled copy follows nothing
     t.read_again()  # e.g. a restored Tune run, whose trials reported elsewhere
-    assert same(t.trial_records(), reader.trial_records()) and counting.calls["search_runs"] == 1
+    searched = counting.calls["search_runs"]
+    assert same(t.trial_records(), reader.trial_records()) and counting.calls["search_runs"] == searched + 1
 
 
 def test_a_stale_or_missing_history_file_falls_back_to_the_store(tmp_path):

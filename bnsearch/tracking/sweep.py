@@ -26,7 +26,8 @@ _RUN_STATUS = {status: "FINISHED" for status in COMPLETED} | {"failed": "FAILED"
 
 
 class SweepTracker:
-    """Driver side: experiment, parent run, closing child runs, reading a sweep back."""
+    """Driver side: experiment, parent run, closing child runs, reading a sweep back (or
+    following it from what its trials report)."""
 
     def __init__(self, tracking_uri: str, experiment: str, artifact_root: str | Path | None = None, create: bool = True):
         self.tracking_uri = tracking_uri
@@ -66,8 +67,13 @@ class SweepTracker:
         """Set a child run's final status (tag and MLflow status); create it if the trial
         died before it could. ``run_id``: the run its trial reported, when it reported one."""
         with_retries(lambda: self._close_trial(trial, status, run_id), f"closing the run of {trial.key}")
-        if self._followed is not None and trial.key in self._followed:  # stale: the next read has it from MLflow
-            self._followed[trial.key]["tags"]["status"] = status
+        if self._followed is None or self._stale or trial.key not in self._followed:
+            return
+        if status == "failed":  # its process is gone: MLflow holds all it sent, which its reports may not
+            run = with_retries(lambda: find_run(self.client, self.experiment_id, trial_key=trial.key), f"reading {trial.key}")
+            self._followed[trial.key] = self._record_of(run)
+        else:
+            self._changeable(trial.key)["tags"]["status"] = status
 
     def _close_trial(self, trial: TrialId, status: str, run_id: str | None) -> None:
         if run_id is None:  # a trial that reported no epoch, or one replayed after a driver restart
@@ -128,36 +134,43 @@ class SweepTracker:
 
     def follow_reports(self) -> None:
         """From now on :meth:`trial_records` is what MLflow holds now, read once, kept up to date
-        from what this driver's trials report (:meth:`record_report`, :meth:`close_trial`):
-        reading it again costs no request. After :meth:`read_again` (a Tune run restored: its
-        callbacks are copies that report elsewhere) the next read goes to MLflow, and following
-        goes on from there."""
-        self._followed, self._stale = self._read_records(copies=True), False
+        from what this driver's trials report to Tune (:meth:`record_report`, :meth:`close_trial`):
+        reading it again costs no request. After :meth:`read_again` the next read goes to MLflow,
+        and following goes on from there."""
+        self._followed, self._stale = self._read_records(), False
 
     def read_again(self) -> None:
-        """The next read of the records followed goes to MLflow."""
+        """The next read of the records followed goes to MLflow first: after a Tune run whose
+        trials reported to copies of this tracker (a restored run's callbacks, Ray Client), or
+        runs closed without their trials saying how they ended."""
         self._stale = True
 
-    def _following(self) -> dict[str, dict[str, Any]] | None:
-        """The records followed, read again from MLflow first if stale; None when not following."""
-        if self._followed is not None and self._stale:
-            self.follow_reports()
-        return self._followed
+    def keeps(self, trial: TrialId, run_id: str, epoch: int) -> bool:
+        """Whether the records followed hold ``trial``'s run ``run_id`` up to ``epoch``."""
+        record = (self._followed or {}).get(trial.key)
+        return record is not None and record["run_id"] == run_id and max(record["history"].get("epoch", {0: 0})) >= epoch
 
     def record_report(self, trial: TrialId, run_id: str, params: Mapping[str, Any], metrics: Mapping[str, float]) -> None:
-        """One epoch a trial reported to Tune (and logged on its run ``run_id`` before), kept in
+        """One epoch a trial reported to Tune (and sent to its run ``run_id`` before), kept in
         the records followed as MLflow stores it: params as they read back, ±inf clipped."""
-        followed = self._following()
-        if followed is None:
-            return
-        record = followed.get(trial.key)
+        if self._followed is None or self._stale:
+            return  # not following, or the next read takes it from MLflow
+        record = self._changeable(trial.key)
         if record is None or record["run_id"] != run_id:
-            record = followed[trial.key] = {
+            record = self._followed[trial.key] = {
                 "run_id": run_id, "tags": {**trial.tags(), "trial_key": trial.key, "status": "running"},
                 "params": {p.key: parse_param(p.value) for p in as_params(params)}, "history": {}}
         step = int(metrics["epoch"])
         for key, value in metrics.items():
             record["history"].setdefault(key, {})[step] = as_stored(float(value))
+
+    def _changeable(self, key: str) -> dict[str, Any] | None:
+        """The followed record of ``key``, copied first if it is the one the read cache keeps."""
+        record = self._followed.get(key)
+        if record is not None and record is self._read.get(record["run_id"], (None, None))[1]:
+            record = self._followed[key] = {**record, "tags": dict(record["tags"]),
+                                            "history": {k: dict(v) for k, v in record["history"].items()}}
+        return record
 
     def trial_records(self) -> list[dict[str, Any]]:
         """Every child run as plain data: run id, tags, typed params and each metric's
@@ -168,12 +181,14 @@ class SweepTracker:
         a run this tracker read before and that has not changed since (same status, tags, params
         and latest metrics) is not read again, so a read after another costs one request plus
         one per new or changed run."""
-        followed = self._following()
-        return list((followed if followed is not None else self._read_records()).values())
+        if self._followed is None:
+            return list(self._read_records().values())
+        if self._stale:
+            self.follow_reports()
+        return list(self._followed.values())
 
-    def _read_records(self, copies: bool = False) -> dict[str, dict[str, Any]]:
-        """The records in MLflow, by trial key (see :meth:`trial_records`); ``copies``: records
-        that may change without changing what was read."""
+    def _read_records(self) -> dict[str, dict[str, Any]]:
+        """The records in MLflow, by trial key (see :meth:`trial_records`)."""
         records = {}
         by_key: dict[str, list] = {}
         for run in self.child_runs():
@@ -183,15 +198,13 @@ class SweepTracker:
                          sorted(run.data.metrics.items())))  # repr: NaN equals NaN
             known = self._read.get(run.info.run_id)
             if known is None or known[0] != seen:
-                record = {"run_id": run.info.run_id, "tags": dict(run.data.tags),
-                          "params": {k: parse_param(v) for k, v in run.data.params.items()},
-                          "history": run_history(self.client, run)}
-                known = self._read[run.info.run_id] = (seen, record)
-            record = known[1]
-            if copies:
-                record = {**record, "tags": dict(record["tags"]), "history": {k: dict(v) for k, v in record["history"].items()}}
-            records[run.data.tags.get("trial_key", run.info.run_id)] = record
+                known = self._read[run.info.run_id] = (seen, self._record_of(run))
+            records[run.data.tags.get("trial_key", run.info.run_id)] = known[1]
         return records
+
+    def _record_of(self, run) -> dict[str, Any]:
+        return {"run_id": run.info.run_id, "tags": dict(run.data.tags),
+                "params": {k: parse_param(v) for k, v in run.data.params.items()}, "history": run_history(self.client, run)}
 
     def run_file(self, run_id: str, name: str) -> bytes | None:
         """The bytes of one artifact of a trial run; None if it has none by that name."""

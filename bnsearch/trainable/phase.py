@@ -260,10 +260,13 @@ def run_phase(sweep: Sweep, phase: str, *, tracker: tracking.SweepTracker, sweep
         with _tune_output(log_file, view):  # the view writes to the console stdout was before
             grid = tuner.fit()
     finally:
-        if restored:
-            tracker.read_again()  # its trials reported to the restored callbacks' copy of the tracker
         if track:
             tracker.close_orphans()
+    # Trials that reported to a copy of the tracker (a restored run's callbacks; Ray Client runs
+    # the Tuner remotely) left the driver's records behind: the next read goes to MLflow.
+    if restored or not all(tracker.keeps(TrialId.of(sweep_id, r.config), r.metrics[RUN_ID], int(r.metrics["epoch"]))
+                           for r in grid if RUN_ID in (r.metrics or {})):
+        tracker.read_again()
     trials = sorted((_trial_summary(result, sweep) for result in grid), key=lambda t: (t["arm"], t["trial_index"]))
     return PhaseOutcome(phase, sweep.metric, sweep.mode, time.perf_counter() - start, trials, not grid.errors)
 

@@ -4,6 +4,7 @@ the dataset loaded once per sweep, and how a trial ended."""
 from __future__ import annotations
 
 import contextlib
+import numbers
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,13 +19,13 @@ from bnsearch.spec import SpecError, Sweep
 
 
 RUN_ID = "run_id"  # the report's key for the trial's MLflow run; every other key of ours was logged on it
-# What Tune adds to every report, besides what the trial logged.
-TUNE_KEYS = {*AUTO_RESULT_KEYS, DONE, TRIAL_ID, EXPERIMENT_TAG, SHOULD_CHECKPOINT, RUN_ID}
+# The keys of a report that are not the trial's metrics: Tune's own and the run id.
+NOT_METRICS = {*AUTO_RESULT_KEYS, DONE, TRIAL_ID, EXPERIMENT_TAG, SHOULD_CHECKPOINT, RUN_ID}
 
 
 def logged_metrics(result: dict) -> dict[str, float]:
     """The metrics of a trial's report to Tune that it logged on its run."""
-    return {k: v for k, v in result.items() if k not in TUNE_KEYS and not k.startswith("__")}
+    return {k: v for k, v in result.items() if k not in NOT_METRICS and not k.startswith("__") and isinstance(v, numbers.Real)}
 
 
 @dataclass(frozen=True)
