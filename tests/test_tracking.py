@@ -1,6 +1,7 @@
 import json
 import sys
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -308,3 +309,35 @@ def test_an_unexpected_error_in_the_sender_reaches_the_trial_at_once(tmp_path):
     assert time.perf_counter() - start < 10 and run._sender is None
     with pytest.raises(ValueError):
         run.log_epoch(2, {"loss": 0.5})
+
+
+def test_what_a_trial_process_still_holds_is_sent_when_tune_ends_the_process(tmp_path):
+    """Tune ends a stopped trial's process (an actor's graceful exit) without waiting for the
+    trial's thread: the epoch still on its way to the store, and the history file, get there."""
+    import ray
+
+    t = tracker(tmp_path)
+
+    @ray.remote(num_cpus=0)
+    class TrialProcess:
+        def log_slowly(self, uri, experiment_id, parent_run_id):
+            run = tracking.TrialRun.open(uri, experiment_id, parent_run_id, trial("stopped"))
+            send = run.client.log_batch
+            run.client.log_batch = lambda *args, **kwargs: time.sleep(0.5) or send(*args, **kwargs)  # a slow store
+            run.log_epoch(1, {"loss": 0.5})
+            return run.run_id
+
+    here = str(Path(__file__).parent)  # the actor class is this module's
+    ray.init("local", num_cpus=1, include_dashboard=False, logging_level="WARNING", log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": here}})
+    try:
+        process = TrialProcess.remote()
+        run_id = ray.get(process.log_slowly.remote(t.tracking_uri, t.experiment_id, t.parent_run_id))
+        with pytest.raises(ray.exceptions.RayActorError):  # raised once the process has ended
+            ray.get(process.__ray_terminate__.remote())  # as Tune removes an actor it does not keep
+    finally:
+        ray.shutdown()
+    run = MlflowClient(t.tracking_uri).get_run(run_id)
+    assert run.data.metrics == {"loss": 0.5}
+    [record] = t.trial_records()
+    assert record["history"] == {"loss": {1: 0.5}}

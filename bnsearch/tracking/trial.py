@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import sys
 import tempfile
 import threading
 import time
+import weakref
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,12 @@ from bnsearch.tracking.store import (
 )
 
 PENDING_FILE = "pending_metrics.json"
+# Tune ends a stopped trial's process without waiting for the trial's thread, which finishes its
+# run on the way out; Ray runs atexit handlers as an actor exits, so the process finishes the runs
+# it still holds itself. Ray ends the process a second or two later regardless: enough for the
+# usual last batch and history file (milliseconds), not for a store that stalls.
+_UNFINISHED: weakref.WeakSet = weakref.WeakSet()
+EXIT_FLUSH_S = 5.0
 MAX_METRICS_PER_BATCH = 1000  # MLflow's limit per log_batch request
 # A trial's client: about 10 s per request before its metrics wait for the next epoch.
 TRIAL_HTTP_SETTINGS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
@@ -103,6 +111,7 @@ class TrialRun:
             self.pending += rows
             self._closed = False
             self._changed.notify_all()
+        _UNFINISHED.add(self)
         self._start_sender()
 
     def log_files(self, files: Mapping[str, bytes]) -> None:
@@ -125,14 +134,15 @@ class TrialRun:
         if not done:
             raise RuntimeError(f"MLflow did not answer while sending {len(self.pending)} held-back metric values of run {self.run_id}")
 
-    def finish(self) -> None:
+    def finish(self, timeout_s: float | None = None) -> None:
         """Before the trial's last report and when its process is done with it (a scheduler's
-        stop, a crash it survives): everything held back sent, the sender thread ended, and the
-        whole history written as one file (again only if it grew; a file that cannot be written
-        only costs readers the slower path)."""
+        stop, a crash it survives, the process's exit): everything held back sent (waiting at
+        most ``timeout_s``, default the retry timeout), the sender thread ended, and the whole
+        history written as one file (again only if it grew; a file that cannot be written only
+        costs readers the slower path)."""
         sender = self._sender
         try:
-            self.flush()
+            self.flush(timeout_s)
         finally:
             with self._changed:
                 self._closed = True  # the sender ends, even with values left that a checkpoint kept
@@ -147,6 +157,7 @@ class TrialRun:
             except (RuntimeError, *UNREACHABLE) as error:
                 print(f"bnsearch: the history file of run {self.run_id} was not written ({error}); it reads back "
                       "one request per metric", file=sys.stderr, flush=True)
+        _UNFINISHED.discard(self)
 
     def save_pending(self, directory: str | Path) -> None:
         """Keep what is not in the store yet in a checkpoint, so a trial resumed from it still sends it."""
@@ -221,3 +232,12 @@ class TrialRun:
             with self._changed:
                 del self.pending[:len(batch)]  # only this thread removes, and only from the front
                 self._changed.notify_all()
+
+
+@atexit.register
+def _finish_at_exit() -> None:
+    for run in list(_UNFINISHED):
+        try:
+            run.finish(timeout_s=EXIT_FLUSH_S)
+        except Exception as error:  # noqa: BLE001 -- the process is ending: say what is lost and go on
+            print(f"bnsearch: run {run.run_id} was not finished as its process ended ({error})", file=sys.stderr, flush=True)
