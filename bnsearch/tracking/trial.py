@@ -114,14 +114,15 @@ class TrialRun:
         _UNFINISHED.add(self)
         self._start_sender()
 
-    def log_files(self, files: Mapping[str, bytes]) -> None:
-        """Log each ``{name: content}`` as an artifact of this run, in one upload."""
+    def log_files(self, files: Mapping[str, bytes], timeout_s: float | None = None) -> None:
+        """Log each ``{name: content}`` as an artifact of this run, in one upload, retried for at
+        most ``timeout_s`` (default: the retry timeout)."""
         if not files:
             return
         with tempfile.TemporaryDirectory() as tmp:
             for name, content in files.items():
                 (Path(tmp) / name).write_bytes(content)
-            with_retries(lambda: self.client.log_artifacts(self.run_id, tmp), f"logging the files of run {self.run_id}")
+            with_retries(lambda: self.client.log_artifacts(self.run_id, tmp), f"logging the files of run {self.run_id}", timeout_s)
 
     def flush(self, timeout_s: float | None = None) -> None:
         """Wait until everything queued is in the store, at most ``timeout_s`` (default: the
@@ -137,9 +138,9 @@ class TrialRun:
     def finish(self, timeout_s: float | None = None) -> None:
         """Before the trial's last report and when its process is done with it (a scheduler's
         stop, a crash it survives, the process's exit): everything held back sent (waiting at
-        most ``timeout_s``, default the retry timeout), the sender thread ended, and the whole
-        history written as one file (again only if it grew; a file that cannot be written only
-        costs readers the slower path)."""
+        most ``timeout_s`` for each step, default the retry timeout), the sender thread ended, and
+        the whole history written as one file (again only if it grew; a file that cannot be
+        written only costs readers the slower path)."""
         sender = self._sender
         try:
             self.flush(timeout_s)
@@ -148,11 +149,11 @@ class TrialRun:
                 self._closed = True  # the sender ends, even with values left that a checkpoint kept
                 self._changed.notify_all()
             if sender is not None:
-                sender.join(timeout=30)
+                sender.join(timeout=30 if timeout_s is None else timeout_s)
         size = sum(map(len, self.history.values()))
         if size > self.written:
             try:
-                self.log_files({HISTORY_FILE: json.dumps(encode_history(self.history)).encode()})
+                self.log_files({HISTORY_FILE: json.dumps(encode_history(self.history)).encode()}, timeout_s)
                 self.written = size
             except (RuntimeError, *UNREACHABLE) as error:
                 print(f"bnsearch: the history file of run {self.run_id} was not written ({error}); it reads back "
@@ -236,8 +237,12 @@ class TrialRun:
 
 @atexit.register
 def _finish_at_exit() -> None:
+    deadline = time.monotonic() + EXIT_FLUSH_S  # for all of them: a store that is gone must not hold the exit
     for run in list(_UNFINISHED):
         try:
-            run.finish(timeout_s=EXIT_FLUSH_S)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"{EXIT_FLUSH_S:.0f} s spent on other runs")
+            run.finish(timeout_s=left)
         except Exception as error:  # noqa: BLE001 -- the process is ending: say what is lost and go on
             print(f"bnsearch: run {run.run_id} was not finished as its process ended ({error})", file=sys.stderr, flush=True)
