@@ -70,8 +70,8 @@ class SweepTracker:
         if self._followed is None or self._stale or trial.key not in self._followed:
             return
         if status == "failed":  # its process is gone: MLflow holds all it sent, which its reports may not
-            run = with_retries(lambda: find_run(self.client, self.experiment_id, trial_key=trial.key), f"reading {trial.key}")
-            self._followed[trial.key] = self._record_of(run)
+            run_id = self._followed[trial.key]["run_id"]
+            self._followed[trial.key] = with_retries(lambda: self._record_of(self.client.get_run(run_id)), f"reading {trial.key}")
         else:
             self._changeable(trial.key)["tags"]["status"] = status
 

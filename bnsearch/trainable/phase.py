@@ -28,21 +28,21 @@ from bnsearch.trainable.trial import (
 
 class CloseTrialRuns(tune.Callback):
     """Driver side: every epoch a trial reports kept in the tracker's records (what the trial
-    logged on its run: the driver's results table needs no MLflow read), and every trial's MLflow
+    sent to its run: the driver's results table needs no MLflow read), and every trial's MLflow
     run given its final status once Tune is done with it."""
 
-    def __init__(self, tracker: tracking.SweepTracker, trials: TrialSetup):
-        self.tracker, self.trials = tracker, trials  # not `setup`: a Tune callback's method
+    def __init__(self, tracker: tracking.SweepTracker, trial_setup: TrialSetup):
+        self.tracker, self.trial_setup = tracker, trial_setup  # not `setup`: a Tune callback's method
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if RUN_ID in result:
-            self.tracker.record_report(TrialId.of(self.trials.sweep_id, trial.config), result[RUN_ID],
-                                       self.trials.run_params(trial.config), logged_metrics(result))
+            self.tracker.record_report(TrialId.of(self.trial_setup.sweep_id, trial.config), result[RUN_ID],
+                                       self.trial_setup.run_params(trial.config), logged_metrics(result))
 
     def _close(self, trial, errored: bool) -> None:
-        status = trial_status(trial.last_result, self.trials.max_epochs, errored)
+        status = trial_status(trial.last_result, self.trial_setup.max_epochs, errored)
         run_id = (trial.last_result or {}).get(RUN_ID)
-        self.tracker.close_trial(TrialId.of(self.trials.sweep_id, trial.config), status, run_id)
+        self.tracker.close_trial(TrialId.of(self.trial_setup.sweep_id, trial.config), status, run_id)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._close(trial, errored=False)
