@@ -237,11 +237,12 @@ def test_metrics_held_back_by_an_outage_are_sent_later_and_survive_a_checkpoint(
         run.pending.clear()
         run._closed = True
         run._changed.notify_all()
+    tracking.trial._UNFINISHED.discard(run)  # ... so its exit handler never runs either
     resumed = tracking.TrialRun(run.client, run.run)
     resumed.load_pending(tmp_path)
     with server.MlflowServer(backend, artifacts, port=port, state_dir=tmp_path):
         resumed.log_epoch(3, {"loss": 0.25})
-        resumed.flush(timeout_s=60)
+        resumed.finish(timeout_s=60)
         history = MlflowClient(first.url).get_metric_history(run.run_id, "loss")
     assert sorted((m.step, m.value) for m in history) == [(1, 1.0), (2, 0.5), (3, 0.25)]
 
