@@ -138,22 +138,27 @@ class TrialRun:
     def finish(self, timeout_s: float | None = None) -> None:
         """Before the trial's last report and when its process is done with it (a scheduler's
         stop, a crash it survives, the process's exit): everything held back sent (waiting at
-        most ``timeout_s`` for each step, default the retry timeout), the sender thread ended, and
-        the whole history written as one file (again only if it grew; a file that cannot be
-        written only costs readers the slower path)."""
+        most ``timeout_s`` in all, default the retry timeout for each step), the sender thread
+        ended, and the whole history written as one file (again only if it grew; a file that
+        cannot be written only costs readers the slower path)."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+
+        def left() -> float | None:
+            return None if deadline is None else max(0.0, deadline - time.monotonic())
+
         sender = self._sender
         try:
-            self.flush(timeout_s)
+            self.flush(left())
         finally:
             with self._changed:
                 self._closed = True  # the sender ends, even with values left that a checkpoint kept
                 self._changed.notify_all()
             if sender is not None:
-                sender.join(timeout=30 if timeout_s is None else timeout_s)
+                sender.join(timeout=30 if deadline is None else left())
         size = sum(map(len, self.history.values()))
         if size > self.written:
             try:
-                self.log_files({HISTORY_FILE: json.dumps(encode_history(self.history)).encode()}, timeout_s)
+                self.log_files({HISTORY_FILE: json.dumps(encode_history(self.history)).encode()}, left())
                 self.written = size
             except (RuntimeError, *UNREACHABLE) as error:
                 print(f"bnsearch: the history file of run {self.run_id} was not written ({error}); it reads back "
