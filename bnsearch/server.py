@@ -65,6 +65,10 @@ class MlflowServer:
     def start(self) -> MlflowServer:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ)
+        # A sweep's writers arrive together: MLflow's default pool (5 + 10 per worker, 30 s wait)
+        # timed out under 64 writers on PostgreSQL; 2 workers x 40 stay under its 100 connections.
+        env.setdefault("MLFLOW_SQLALCHEMYSTORE_POOL_SIZE", "10")
+        env.setdefault("MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW", "30")
         if self.auth:
             check_auth_environment(env)
             config = self.state_dir / "basic_auth.ini"
