@@ -120,6 +120,26 @@ def test_each_arm_is_replicated_in_the_search_run_as_soon_as_its_search_is_over(
     assert restored.suggest("t8") is Searcher.FINISHED and restored.replicates.asked[-1] == ("before", {0: 2, 1: 2})
 
 
+def test_a_freed_worker_gets_a_trial_of_the_arm_it_trained_where_the_arms_are_even():
+    """Tune gives a new trial the worker that waited longest, and that worker keeps its traced
+    model: between arms with as many trials, the next one is that worker's arm."""
+    sweep = SWEEP.replace(scientific={"bn_placement": ("none", "before")}, budget=Budget(trials_per_arm=3, sampler="random"))
+    searcher = ThenReplicate(ArmSearcher(sweep), lambda arm, reported: [{"arm": arm, "seed": s} for s in range(2)], count=4)
+    worker = {"w1": searcher.suggest("t0"), "w2": searcher.suggest("t1")}  # two new workers: one per arm
+    assert [c["arm"] for c in worker.values()] == ["none", "before"]
+    ids = {"w1": "t0", "w2": "t1"}
+    # (the worker whose trial ends, the arm of its next trial): its own arm where the arms have
+    # had as many trials, else the arm with fewer; then each arm's replicates, as its search ends
+    expected = [("w1", "none"), ("w1", "before"), ("w2", "before"), ("w1", "none"),
+                ("w2", "before"), ("w1", "none"), ("w1", "none"), ("w2", "before")]
+    for step, (ending, arm) in enumerate(expected):
+        searcher.on_trial_complete(ids[ending], {"epoch": 1, "val_accuracy": 0.5})
+        ids[ending] = f"t{step + 2}"
+        worker[ending] = searcher.suggest(ids[ending])
+        assert (worker[ending]["arm"], worker[ending].get("phase", "replicate")) == (arm, "search" if step < 4 else "replicate"), step
+    assert searcher.suggest("t10") is Searcher.FINISHED
+
+
 def test_a_chained_replicate_trial_is_never_stopped_early():
     class Trial:
         def __init__(self, phase):
