@@ -34,13 +34,20 @@ def test_round_robin_gives_every_arm_the_same_budget_then_finishes(tmp_path):
 
 
 def test_fixed_configs_hand_out_exactly_their_configs_then_finish(tmp_path):
-    configs = [{"arm": "none", "seed": 0}, {"arm": "before", "seed": 0}]
+    configs = [{"arm": arm, "seed": seed} for arm in ("none", "before") for seed in range(3)]
     searcher = FixedConfigs(configs)
-    assert searcher.suggest("a") == configs[0]
+    # new workers: one per arm; then a freed worker, its own arm while it lasts
+    assert [searcher.suggest(t) for t in ("a", "b")] == [configs[0], configs[3]]
+    searcher.on_trial_complete("b")
+    assert searcher.suggest("c") == configs[4]
     searcher.save(str(tmp_path / "f.pkl"))
     restored = FixedConfigs([])
     restored.restore(str(tmp_path / "f.pkl"))  # a restarted driver goes on where it was
-    assert restored.suggest("b") == configs[1] and restored.suggest("c") is Searcher.FINISHED
+    for ended, new, expected in (("c", "d", 5), ("a", "e", 1), ("d", "f", 2)):  # the last: no "before" left
+        restored.on_trial_complete(ended)
+        assert restored.suggest(new) == configs[expected], new
+    restored.on_trial_complete("e")
+    assert restored.suggest("g") is Searcher.FINISHED
 
 
 def test_trials_are_identified_by_arm_and_seed_or_trial_index_never_by_tune_id():

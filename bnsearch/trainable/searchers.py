@@ -1,6 +1,7 @@
 """Fair search between arms: round-robin trials over per-arm Optuna studies, fixed configurations
 for the replicate phase (or each arm's first look chained onto the search), one ASHA per arm.
-Searcher state is saved with the Tune experiment."""
+Where the order is free, a worker's next trial is of the arm it has traced. Searcher state is
+saved with the Tune experiment."""
 
 from __future__ import annotations
 
@@ -94,7 +95,8 @@ class ArmSearcher(_SavedSearcher):
             return None if self.running else Searcher.FINISHED
         counted = {a: self.started[a] - self.crashed[a] for a in open_arms}
         fewest = min(counted.values())
-        arm = self.freed.choose([a for a in open_arms if counted[a] == fewest])  # fewest that count; ties: the freed worker's arm, then declared order
+        # The arm with the fewest trials that count; among ties, the freed worker's, then the declared order.
+        arm = self.freed.choose([a for a in open_arms if counted[a] == fewest])
         params = self.searchers[arm].suggest(trial_id)
         index = self.started[arm]
         self.started[arm] += 1
@@ -117,20 +119,33 @@ class ArmSearcher(_SavedSearcher):
 
 
 class FixedConfigs(_SavedSearcher):
-    """The replicate phase's searcher: exactly these configurations, in order."""
+    """The replicate phase's searcher: exactly these configurations, each arm's in order. A
+    freed worker gets one of its own arm while there is one (:class:`FreedWorkers`); a new
+    worker, one of the arm that the fewest running trials have."""
 
     def __init__(self, configs: list[dict]):
         super().__init__()
-        self.configs, self.next = list(configs), 0
+        self.todo = list(configs)
+        self.running: dict[str, str] = {}  # a running trial's Tune id: its arm
+        self.freed = FreedWorkers()
 
     def suggest(self, trial_id: str) -> dict | None:
-        if self.next >= len(self.configs):
+        if not self.todo:
             return Searcher.FINISHED
-        self.next += 1
-        return dict(self.configs[self.next - 1])
+        running = list(self.running.values())
+        arms = sorted(dict.fromkeys(c["arm"] for c in self.todo), key=running.count)
+        config = take_arm(self.todo, self.freed.choose(arms))
+        self.running[trial_id] = config["arm"]
+        return dict(config)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        pass
+        if trial_id in self.running:
+            self.freed.ended(self.running.pop(trial_id))
+
+
+def take_arm(configs: list[dict], arm: str) -> dict:
+    """The first of ``configs`` of ``arm``, taken out of the list."""
+    return configs.pop(next(i for i, c in enumerate(configs) if c["arm"] == arm))
 
 
 class ThenReplicate(_SavedSearcher):
@@ -170,9 +185,8 @@ class ThenReplicate(_SavedSearcher):
                     self.replicated.add(arm)
                     self.queued.extend(configs)
         if self.queued:
-            arm = self.search.freed.choose([c["arm"] for c in self.queued])
-            config = self.queued.pop(next(i for i, c in enumerate(self.queued) if c["arm"] == arm))
-            self.replicating[trial_id] = arm
+            config = take_arm(self.queued, self.search.freed.choose([c["arm"] for c in self.queued]))
+            self.replicating[trial_id] = config["arm"]
             return config
         return Searcher.FINISHED if len(self.replicated) == len(self.search.arms) else None
 
