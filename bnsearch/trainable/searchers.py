@@ -29,7 +29,8 @@ class _SavedSearcher(Searcher):
 
 
 class FreedWorkers:
-    """The arms of trials that ended, whose workers wait for a next trial, oldest first.
+    """Which arm each running trial is, and the arms of trials that ended, whose workers wait for
+    a next trial, oldest first.
 
     Tune (``reuse_actors``) gives a new trial the worker that has waited longest, and a worker
     keeps the models it traced (:mod:`bnsearch.compiled`): a next trial of the same arm there
@@ -37,16 +38,19 @@ class FreedWorkers:
     that are otherwise equal, the searchers give that worker its own arm."""
 
     def __init__(self):
-        self.arms: list[str] = []
+        self.arm_of: dict[str, str] = {}  # a running trial's Tune id: its arm
+        self.waiting: list[str] = []
 
-    def ended(self, arm: str) -> None:
-        self.arms.append(arm)
-
-    def choose(self, candidates: list[str]) -> str:
-        """The arm of the next trial, one of ``candidates`` (in their own order of preference):
+    def choose(self, trial_id: str, candidates: list[str]) -> str:
+        """The arm of trial ``trial_id``, one of ``candidates`` (in their own order of preference):
         the waiting worker's own, if it is one of them."""
-        waiting = self.arms.pop(0) if self.arms else None  # this trial takes that worker, whatever its arm
-        return waiting if waiting in candidates else candidates[0]
+        waiting = self.waiting.pop(0) if self.waiting else None  # this trial takes that worker, whatever its arm
+        self.arm_of[trial_id] = arm = waiting if waiting in candidates else candidates[0]
+        return arm
+
+    def ended(self, trial_id: str) -> None:
+        if trial_id in self.arm_of:
+            self.waiting.append(self.arm_of.pop(trial_id))
 
 
 class ArmSearcher(_SavedSearcher):
@@ -96,7 +100,7 @@ class ArmSearcher(_SavedSearcher):
         counted = {a: self.started[a] - self.crashed[a] for a in open_arms}
         fewest = min(counted.values())
         # The arm with the fewest trials that count; among ties, the freed worker's, then the declared order.
-        arm = self.freed.choose([a for a in open_arms if counted[a] == fewest])
+        arm = self.freed.choose(trial_id, [a for a in open_arms if counted[a] == fewest])
         params = self.searchers[arm].suggest(trial_id)
         index = self.started[arm]
         self.started[arm] += 1
@@ -115,7 +119,7 @@ class ArmSearcher(_SavedSearcher):
             self.searchers[arm].on_trial_complete(trial_id, result, error)
             self.crashed[arm] += bool(error)
             self.running.discard(trial_id)
-            self.freed.ended(arm)
+            self.freed.ended(trial_id)
 
 
 class FixedConfigs(_SavedSearcher):
@@ -126,21 +130,17 @@ class FixedConfigs(_SavedSearcher):
     def __init__(self, configs: list[dict]):
         super().__init__()
         self.todo = list(configs)
-        self.running: dict[str, str] = {}  # a running trial's Tune id: its arm
         self.freed = FreedWorkers()
 
     def suggest(self, trial_id: str) -> dict | None:
         if not self.todo:
             return Searcher.FINISHED
-        running = list(self.running.values())
+        running = list(self.freed.arm_of.values())
         arms = sorted(dict.fromkeys(c["arm"] for c in self.todo), key=running.count)
-        config = take_arm(self.todo, self.freed.choose(arms))
-        self.running[trial_id] = config["arm"]
-        return dict(config)
+        return dict(take_arm(self.todo, self.freed.choose(trial_id, arms)))
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        if trial_id in self.running:
-            self.freed.ended(self.running.pop(trial_id))
+        self.freed.ended(trial_id)
 
 
 def take_arm(configs: list[dict], arm: str) -> dict:
@@ -163,7 +163,6 @@ class ThenReplicate(_SavedSearcher):
         super().__init__(metric=search.metric, mode=search.mode)
         self.search, self.replicates, self.count = search, replicates, count
         self.trials: dict[str, tuple[str, int]] = {}  # a search trial's Tune id: (arm, trial index)
-        self.replicating: dict[str, str] = {}  # a replicate trial's Tune id: its arm
         self.reported: dict[str, int] = {}  # a search trial's Tune id: the last epoch it reported
         self.queued: list[dict] = []
         self.replicated: set[str] = set()  # arms whose replicate configurations are queued
@@ -185,9 +184,7 @@ class ThenReplicate(_SavedSearcher):
                     self.replicated.add(arm)
                     self.queued.extend(configs)
         if self.queued:
-            config = take_arm(self.queued, self.search.freed.choose([c["arm"] for c in self.queued]))
-            self.replicating[trial_id] = config["arm"]
-            return config
+            return take_arm(self.queued, self.search.freed.choose(trial_id, [c["arm"] for c in self.queued]))
         return Searcher.FINISHED if len(self.replicated) == len(self.search.arms) else None
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
@@ -200,8 +197,8 @@ class ThenReplicate(_SavedSearcher):
             if result:
                 self.reported[trial_id] = int(result.get("epoch", self.reported.get(trial_id, 0)))
             self.search.on_trial_complete(trial_id, result, error)
-        elif trial_id in self.replicating:
-            self.search.freed.ended(self.replicating.pop(trial_id))
+        else:  # a replicate trial: its worker is free for the next
+            self.search.freed.ended(trial_id)
 
 
 class ArmScheduler(FIFOScheduler):
