@@ -119,3 +119,18 @@ def test_tf_pipeline_shuffles_by_seed_and_resizes():
     assert sorted(order(3)) == list(range(16))
     images, _ = next(iter(data.tf_dataset(x, y, 4, image_size=8)))
     assert images.shape == (4, 8, 8, 1)
+
+
+def test_pipelines_run_without_autotuning_and_keep_their_order():
+    # Autotuning's per-iterator thread made freeing an epoch's iterator wait for its next wake-up
+    # (about 1 epoch in 4 under Ray, BENCHMARKS.md "the stalled epochs"): no pipeline may turn it back on.
+    import tensorflow as tf
+
+    x = np.arange(64, dtype=np.float32).reshape(16, 2, 2, 1)
+    y = np.arange(16, dtype=np.int32)
+    order = np.random.default_rng(0).permutation(16)
+    pipelines = [data.tf_dataset(x, y, 4, shuffle_seed=1, image_size=4), data.tf_dataset(x, y, 4),
+                 data.ordered_dataset(tf.constant(x), tf.constant(y), order, 4, image_size=4)]
+    assert [p.options().autotune.enabled for p in pipelines] == [False] * 3
+    labels = np.concatenate([b.numpy() for _, b in pipelines[2]])
+    assert np.array_equal(labels, order)  # the parallel resize keeps the epoch's order
