@@ -6,6 +6,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import BAD_REQUEST
 from mlflow.tracking import MlflowClient
 
 from bnsearch import results, tracking
@@ -37,6 +38,32 @@ def test_a_trial_key_maps_to_exactly_one_run(tmp_path):
     assert resumed.run_id == first.run_id and resumed.completed and len(t.child_runs()) == 1
     assert MlflowClient(t.tracking_uri).get_run(resumed.run_id).info.status == "FINISHED"
 
+
+
+def resent_after_timeout(monkeypatch, conflicting: dict | None = None):
+    """log_batch as a client sees it when it resent a request whose first try the server was
+    still writing: the params land (``conflicting`` instead, where given) and the resend fails
+    on the duplicate."""
+    log_batch = MlflowClient.log_batch
+
+    def first_try_lands(self, run_id, metrics=(), params=(), tags=()):
+        log_batch(self, run_id, metrics=metrics, params=tracking.store.as_params(conflicting) if conflicting else params, tags=tags)
+        raise MlflowException("UNIQUE constraint failed: params.key, params.run_uuid", error_code=BAD_REQUEST)
+    monkeypatch.setattr(MlflowClient, "log_batch", first_try_lands)
+
+
+def test_params_that_a_resent_request_already_logged_open_the_run(tmp_path, monkeypatch):
+    t = tracker(tmp_path)
+    resent_after_timeout(monkeypatch)
+    run = tracking.TrialRun.open(t.tracking_uri, t.experiment_id, t.parent_run_id, trial("a"), params={"lr": 0.1, "arm": "a"})
+    assert MlflowClient(t.tracking_uri).get_run(run.run_id).data.params == {"lr": "0.1", "arm": "a"}
+
+
+def test_params_that_differ_from_what_the_run_holds_still_fail(tmp_path, monkeypatch):
+    t = tracker(tmp_path)
+    resent_after_timeout(monkeypatch, conflicting={"lr": 0.2})
+    with pytest.raises(RuntimeError, match="UNIQUE constraint"):
+        tracking.TrialRun.open(t.tracking_uri, t.experiment_id, t.parent_run_id, trial("a"), params={"lr": 0.1})
 
 def test_a_repeated_metric_write_is_stored_once(tmp_path):
     t = tracker(tmp_path)

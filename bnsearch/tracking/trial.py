@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from mlflow.entities import Metric, RunStatus
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
@@ -35,6 +36,19 @@ MAX_METRICS_PER_BATCH = 1000  # MLflow's limit per log_batch request
 # A trial's client: about 10 s per request before its metrics wait for the next epoch.
 TRIAL_HTTP_SETTINGS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
                        "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+
+
+def _log_params_once(client: MlflowClient, run_id: str, params: Mapping[str, Any]) -> None:
+    """Log ``params``; a request the HTTP client resent after a timeout races its first try,
+    which the server was still writing, and fails on the duplicate: that is success when the run
+    now holds exactly these values."""
+    wanted = as_params(params)
+    try:
+        client.log_batch(run_id, params=wanted)
+    except MlflowException:
+        logged = client.get_run(run_id).data.params
+        if any(logged.get(p.key) != p.value for p in wanted):
+            raise
 
 
 class TrialRun:
@@ -85,7 +99,7 @@ class TrialRun:
             client.update_run(run.info.run_id, status="RUNNING")
         missing = {k: v for k, v in (params or {}).items() if k not in run.data.params}
         if missing:  # also when a retry finds the run its first try created before logging them failed
-            client.log_batch(run.info.run_id, params=as_params(missing))
+            _log_params_once(client, run.info.run_id, missing)
         # A retried or resumed trial goes on with what its run already holds (a completed one is only replayed).
         completed = run.data.tags.get("status") in COMPLETED
         return cls(client, run, None if completed else run_history(client, run))
