@@ -167,7 +167,7 @@ def _resized(ds, image_size: int | None):
     if image_size:
         ds = ds.map(lambda a, b: (tf.image.resize(a, (image_size, image_size)), b), num_parallel_calls=tf.data.AUTOTUNE)
     # No autotuning: its model thread is one per iterator, and freeing an epoch's iterator waited
-    # up to 5 s for it to wake (BENCHMARKS.md, "the stalled epochs"). Fixed sizes need no such thread.
+    # for that thread's next timed wake-up, seconds (BENCHMARKS.md, "the stalled epochs").
     options = tf.data.Options()
     options.autotune.enabled = False
     return ds.prefetch(2).with_options(options)

@@ -39,7 +39,6 @@ def test_a_trial_key_maps_to_exactly_one_run(tmp_path):
     assert MlflowClient(t.tracking_uri).get_run(resumed.run_id).info.status == "FINISHED"
 
 
-
 def resent_after_timeout(monkeypatch, conflicting: dict | None = None):
     """log_batch as a client sees it when it resent a request whose first try the server was
     still writing: the params land (``conflicting`` instead, where given) and the resend fails
@@ -64,6 +63,7 @@ def test_params_that_differ_from_what_the_run_holds_still_fail(tmp_path, monkeyp
     resent_after_timeout(monkeypatch, conflicting={"lr": 0.2})
     with pytest.raises(RuntimeError, match="UNIQUE constraint"):
         tracking.TrialRun.open(t.tracking_uri, t.experiment_id, t.parent_run_id, trial("a"), params={"lr": 0.1})
+
 
 def test_a_repeated_metric_write_is_stored_once(tmp_path):
     t = tracker(tmp_path)
