@@ -23,7 +23,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from bnsearch.data import tf_dataset
+from bnsearch.data import Batches
 
 BN = keras.layers.BatchNormalization
 # Training samples each recalibration uses (whole batches of the training batch size). Wu &
@@ -136,7 +136,7 @@ def recalibration_batches(x: np.ndarray, y: np.ndarray, batch_size: int, image_s
     subset, the same at every evaluation) covering about ``samples`` examples."""
     batches = max(1, min(len(x) // batch_size, -(-samples // batch_size)))
     n = min(len(x), batches * batch_size)
-    return tf_dataset(x[:n], y[:n], batch_size, image_size=image_size)
+    return Batches(x[:n], y[:n], batch_size, image_size)
 
 
 def _bn_inputs(model):

@@ -56,6 +56,10 @@ TRACE_FACTOR = 3
 # GPU memory a TensorFlow process uses outside its allocator's limit (CUDA context, cuDNN and
 # cuBLAS handles), taken off each fractional trial's share so that four 0.25 trials fit.
 GPU_PROCESS_OVERHEAD_MB = 1024
+# Evaluation's inference batches hold this many training batches: inference is per example, so the
+# same predictions in fewer calls; and it keeps one layer's activations at a time, where a training
+# step keeps every layer's for its gradients, so it usually fits in less memory than training did.
+INFERENCE_BATCH_FACTOR = 8
 
 
 def setup_tensorflow(cpu_threads: int | None = None, gpu_share: float = 0) -> None:
@@ -241,8 +245,10 @@ class Evaluator:
         model = self.model = trained.model
         self.statistics, self.passes, self.infer = statistics, trained.passes, trained.infer
         self.files: dict[str, bytes] = {}
-        self.sets = {name: (datasets.tf_dataset(*data, batch_size, image_size=image_size), data[1])
-                     for name, data in (("val", splits.validation), ("test", splits.test))}
+        # Batch-statistics predictions normalize by their batch: those keep the training batch size.
+        named = {"val": splits.validation, "test": splits.test}
+        self.inference = {name: datasets.Batches(*xy, INFERENCE_BATCH_FACTOR * batch_size, image_size) for name, xy in named.items()}
+        self.batches = {name: datasets.Batches(*xy, batch_size, image_size) for name, xy in named.items()}
         # GroupNorm/LayerNorm keep no moving statistics: nothing to recalibrate or diagnose, and each run says so.
         batch_free = [layer.name for layer in model.layers if isinstance(layer, NORM_LAYERS)] if not self.passes else []
         if batch_free:
@@ -251,8 +257,9 @@ class Evaluator:
         self.recalibration = recalibration_batches(*splits.train, batch_size, image_size) if self.passes else None
 
     def scores(self, name: str) -> Scores:
-        dataset, labels = self.sets[name]
-        logits = np.concatenate([self.infer(x).numpy() for x, _ in dataset]).astype(np.float64)
+        batches = self.inference[name]
+        labels = batches.y
+        logits = np.concatenate([self.infer(x).numpy() for x, _ in batches]).astype(np.float64)
         top = logits.max(axis=1, keepdims=True)
         log_norm = top[:, 0] + np.log(np.exp(logits - top).sum(axis=1))
         correct = logits.argmax(axis=1) == labels
@@ -266,7 +273,7 @@ class Evaluator:
         moving = {name: self.scores(name) for name in names}
         metrics, chosen = {}, moving
         if self.passes and not diverged:
-            batch = {name: float(np.mean(self.passes.predictions(self.sets[name][0]) == self.sets[name][1]))
+            batch = {name: float(np.mean(self.passes.predictions(self.batches[name]) == self.batches[name].y))
                      for name in names} if final else {}
             recalibrating = time.perf_counter()
             with precise_statistics(self.passes, self.recalibration) as (population, moving_stats):

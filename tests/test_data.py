@@ -134,3 +134,32 @@ def test_pipelines_run_without_autotuning_and_keep_their_order():
     assert [p.options().autotune.enabled for p in pipelines] == [False] * 3
     labels = np.concatenate([b.numpy() for _, b in pipelines[2]])
     assert np.array_equal(labels, order)  # the parallel resize keeps the epoch's order
+
+
+def test_an_epoch_holds_the_same_batches_gathered_at_once_or_per_batch(monkeypatch):
+    import tensorflow as tf
+
+    x = np.arange(64, dtype=np.float32).reshape(16, 2, 2, 1)
+    y = np.arange(16, dtype=np.int32)
+    order = np.random.default_rng(0).permutation(16)
+
+    def epoch():
+        return [(a.numpy(), b.numpy()) for a, b in data.ordered_dataset(tf.constant(x), tf.constant(y), order, 5, image_size=4)]
+
+    at_once = epoch()
+    monkeypatch.setattr(data, "EAGER_GATHER_BYTES", 0)  # as a split too large to copy
+    per_batch = epoch()
+    assert [len(b) for _, b in at_once] == [5, 5, 5, 1]
+    assert all(np.array_equal(a, c) and np.array_equal(b, d) for (a, b), (c, d) in zip(at_once, per_batch, strict=True))
+    assert np.array_equal(np.concatenate([b for _, b in at_once]), order)
+
+
+def test_evaluation_batches_match_the_tf_pipeline_and_iterate_again():
+    x = np.random.default_rng(0).random((10, 3, 3, 1), dtype=np.float32)
+    y = np.arange(10, dtype=np.int32)
+    batches = data.Batches(x, y, 4, image_size=6)
+    pipeline = [(a.numpy(), b.numpy()) for a, b in data.tf_dataset(x, y, 4, image_size=6)]
+    for _ in range(2):  # evaluation reads the same batches at every epoch
+        mine = [(np.asarray(a), b) for a, b in batches]
+        assert len(mine) == len(batches) == 3
+        assert all(np.array_equal(a, c) and np.array_equal(b, d) for (a, b), (c, d) in zip(mine, pipeline, strict=True))

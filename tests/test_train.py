@@ -211,6 +211,27 @@ def test_evaluation_leaves_the_model_as_training_left_it():
     assert all((a == v.numpy()).all() for a, v in zip(before, model.variables))
 
 
+def test_larger_inference_batches_score_what_training_sized_ones_do(monkeypatch):
+    """Inference is per example: the evaluation's larger batches change how many calls, not a score."""
+    splits = train.datasets.split(train.datasets.load("digits"), 0, 0.1)
+    model = compiled.build_model("mlp", {"bn_placement": "before", "hidden_sizes": (16,)}, splits.input_shape, splits.num_classes)
+    compiled.compile_model(model, {})
+    model.fit(train.datasets.tf_dataset(*splits.train, 32), epochs=1, verbose=0)
+    trained = compiled.Compiled.of(model)
+
+    def metrics(factor):
+        monkeypatch.setattr(train, "INFERENCE_BATCH_FACTOR", factor)
+        evaluator = train.Evaluator(trained, splits, 32, None, "precise")
+        return evaluator, evaluator.evaluate(final=True, diverged=False)
+
+    (large, eight), (_, one) = metrics(8), metrics(1)
+    assert len(large.inference["test"]) == 2 and len(large.batches["test"]) == 12  # 359 test examples
+    assert eight.keys() == one.keys()
+    for key in eight:
+        if not key.endswith("time_s"):
+            assert eight[key] == pytest.approx(one[key], rel=1e-5, abs=1e-6), key
+
+
 def test_epoch_time_counts_training_steps_only():
     compiled.forget()  # a model kept from an earlier test would not trace at all
     final, rec = fit(epochs=3)
