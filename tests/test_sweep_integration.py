@@ -76,13 +76,21 @@ def test_per_epoch_metrics_and_statuses(finished):
 
 def test_every_trial_left_its_whole_history_in_one_file(finished, tmp_path):
     """Finished, stopped by ASHA (its report raised SystemExit), diverged: each wrote the file
-    the report reads instead of one request per metric, and it holds what MLflow holds."""
+    the report reads instead of one request per metric, and it holds what MLflow holds; a trial
+    of one epoch (ASHA's first rung) needs none, its latest metrics being its history."""
     from bnsearch.tracking import HISTORY_FILE, store
 
     _, client, _, children, _ = finished
-    for c in children:
-        stored = store.decode_history(Path(client.download_artifacts(c.info.run_id, HISTORY_FILE, str(tmp_path))).read_bytes())
-        assert json.dumps(stored, sort_keys=True) == json.dumps(store.read_history(client, c), sort_keys=True), c.data.tags["status"]
+    epochs = [int(c.data.metrics["epoch"]) for c in children]
+    assert min(epochs) == 1 < max(epochs)  # both kinds
+    for c, last in zip(children, epochs):
+        whole = json.dumps(store.read_history(client, c), sort_keys=True)
+        assert json.dumps(store.run_history(client, c), sort_keys=True) == whole, c.data.tags["status"]
+        files = {a.path for a in client.list_artifacts(c.info.run_id)}
+        assert (HISTORY_FILE in files) == (last > 1)
+        if last > 1:
+            stored = store.decode_history(Path(client.download_artifacts(c.info.run_id, HISTORY_FILE, str(tmp_path))).read_bytes())
+            assert json.dumps(stored, sort_keys=True) == whole, c.data.tags["status"]
 
 def test_the_driver_kept_the_table_mlflow_gives_from_its_trials_reports(finished, tmp_path):
     """The results table the driver decided on and reported (kept from what the trials reported

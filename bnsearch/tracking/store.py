@@ -121,6 +121,14 @@ def mlflow_key(name: str) -> str:
 
 
 HISTORY_FILE = "history.json"  # per trial run: every metric's per-epoch values, read back in one request
+FIRST_EPOCH = 1  # a trial logs epoch k at step k
+
+
+def first_epoch_only(steps) -> bool:
+    """Whether a run's steps are its first epoch alone: then its latest metrics are its whole
+    history (no earlier step exists), and it needs no history file (a trial ASHA stops at its
+    first rung, a sweep of one-epoch trials)."""
+    return set(steps) == {FIRST_EPOCH}
 
 
 def encode_history(history: Mapping[str, Mapping[int, float]]) -> dict[str, Any]:
@@ -168,14 +176,17 @@ def read_history(client: MlflowClient, run) -> dict[str, dict[int, float]]:
 
 
 def run_history(client: MlflowClient, run) -> dict[str, dict[int, float]]:
-    """A run's history from the file its trial wrote (one request) when that file agrees with
+    """A run's history: its latest metrics when it logged its first epoch only (no request);
+    else from the file its trial wrote (one request) when that file agrees with
     the run's latest metrics; else (no file: a run from before, a trial whose process died;
     a stale one) from the store, one request per metric."""
     if not run.data.metrics:
         return {}
+    latest = {m.key: (m.step, m.value) for m in run.data._metric_objs}  # RunData keeps the steps only here
+    if first_epoch_only(step for step, _ in latest.values()):
+        return {key: {step: value} for key, (step, value) in latest.items()}
     try:
         stored = decode_history(read_artifact(client, run.info.artifact_uri, HISTORY_FILE))
     except (MlflowException, OSError, ValueError, KeyError):
         stored = None
-    latest = {m.key: (m.step, m.value) for m in run.data._metric_objs}  # RunData keeps the steps only here
     return stored if stored is not None and agrees(stored, latest) else read_history(client, run)

@@ -22,7 +22,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 from bnsearch.identity import TrialId
 from bnsearch.spec import COMPLETED
 from bnsearch.tracking.store import (
-    HISTORY_FILE, RETRY_TIMEOUT_S, UNREACHABLE, as_params, as_stored, encode_history, find_run, run_history, transient, with_retries,
+    HISTORY_FILE, RETRY_TIMEOUT_S, UNREACHABLE, as_params, as_stored, encode_history, find_run, first_epoch_only, run_history, transient, with_retries,
 )
 
 PENDING_FILE = "pending_metrics.json"
@@ -153,8 +153,9 @@ class TrialRun:
         """Before the trial's last report and when its process is done with it (a scheduler's
         stop, a crash it survives, the process's exit): everything held back sent (waiting at
         most ``timeout_s`` in all, default the retry timeout for each step), the sender thread
-        ended, and the whole history written as one file (again only if it grew; a file that
-        cannot be written only costs readers the slower path)."""
+        ended, and the whole history written as one file (again only if it grew; not for a first
+        epoch alone, which the run's latest metrics hold; a file that cannot be written only costs
+        readers the slower path)."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
 
         def left() -> float | None:
@@ -170,7 +171,7 @@ class TrialRun:
             if sender is not None:
                 sender.join(timeout=30 if deadline is None else left())
         size = sum(map(len, self.history.values()))
-        if size > self.written:
+        if size > self.written and not first_epoch_only(step for steps in self.history.values() for step in steps):
             try:
                 self.log_files({HISTORY_FILE: json.dumps(encode_history(self.history)).encode()}, left())
                 self.written = size
