@@ -92,6 +92,35 @@ def test_statuses_parent_tag_orphans_and_parent_reuse(tmp_path):
     assert [a.path for a in MlflowClient(t.tracking_uri).list_artifacts(t.parent_run_id)] == ["spec.json"]
 
 
+def test_a_completed_trial_closes_in_the_background_and_the_next_read_waits_for_it(tmp_path, monkeypatch):
+    import threading
+
+    t = tracker(tmp_path)
+    runs = {arm: tracking.TrialRun.open(t.tracking_uri, t.experiment_id, t.parent_run_id, trial(arm)) for arm in ("a", "b")}
+    t.follow_reports()
+    release, close = threading.Event(), t._close_trial
+    monkeypatch.setattr(t, "_close_trial", lambda *args: release.wait(30) and close(*args))
+    t.close_trial(trial("a"), "finished", runs["a"].run_id, wait=False)  # returns with its writes pending
+    assert MlflowClient(t.tracking_uri).get_run(runs["a"].run_id).info.status == "RUNNING"
+    assert {r["tags"]["arm"]: r["tags"]["status"] for r in t.trial_records()} == {"a": "finished", "b": "running"}
+    release.set()
+    assert {r.data.tags["arm"]: r.info.status for r in t.child_runs()} == {"a": "FINISHED", "b": "RUNNING"}
+
+    release.clear()  # a failed trial's run is closed at once, whatever is asked: its retry may reopen it
+    threading.Timer(0.5, release.set).start()
+    t.close_trial(trial("b"), "failed", runs["b"].run_id, wait=False)
+    assert MlflowClient(t.tracking_uri).get_run(runs["b"].run_id).info.status == "FAILED"
+
+    def unreachable(*args):
+        raise ConnectionError("the store went away")
+    monkeypatch.setattr(tracking.store, "RETRY_TIMEOUT_S", 0.0)
+    monkeypatch.setattr(t, "_close_trial", unreachable)
+    t.close_trial(trial("a"), "finished", runs["a"].run_id, wait=False)
+    with pytest.raises(RuntimeError, match="closing the run of"):  # a background close that failed is not lost
+        t.wait_closed()
+    t.wait_closed()  # raised once
+
+
 def test_params_come_back_typed():
     params = dict((p.key, p.value) for p in tracking.as_params({"lr": 0.001, "sizes": [32, 32], "bn": True, "arm": "before", "n": 3}))
     assert params == {"lr": "0.001", "sizes": "[32, 32]", "bn": "true", "arm": "before", "n": "3"}  # readable in the UI
@@ -183,6 +212,28 @@ def test_a_sweep_reads_back_in_one_request_per_trial_and_a_read_again_costs_one(
     assert same(slow, records)
     counting.calls.clear()
     assert reader.trial_records() == records and counting.calls == {"search_runs": 1} and len(files) == 4  # nothing changed: nothing read
+
+
+def test_a_run_of_one_epoch_writes_no_history_file_and_reads_back_with_no_request(tmp_path, monkeypatch):
+    files = []
+    read_artifact = tracking.store.read_artifact
+    monkeypatch.setattr(tracking.store, "read_artifact", lambda client, uri, name: files.append(name) or read_artifact(client, uri, name))
+    t = tracker(tmp_path)
+    runs = log_trials(t, count=3, metrics=5, epochs=1)
+    assert not any(MlflowClient(t.tracking_uri).list_artifacts(run.run_id) for run in runs)  # its latest metrics hold it all
+    reader = tracking.SweepTracker(t.tracking_uri, "exp", create=False)
+    reader.open_sweep("sweep-1")
+    reader.client = counting = CountingClient(reader.client)
+    records = reader.trial_records()
+    assert counting.calls == {"search_runs": 1} and files == []
+    slow = [{**r, "history": tracking.store.read_history(reader.client.client, reader.client.get_run(r["run_id"]))} for r in records]
+    assert same(slow, records)
+    assert {r["tags"]["mlflow.runName"]: r for r in records}["search-a-002"]["history"]["m1"] == {1: 2 + 1 + 0.1}
+    again = tracking.TrialRun.open(t.tracking_uri, t.experiment_id, t.parent_run_id, trial("a", 0))  # resumed: epoch 2 follows
+    again.log_epoch(2, {f"m{k}": 9.0 for k in range(5)} | {"nan": 1.0})
+    again.finish()
+    history = tracking.store.run_history(MlflowClient(t.tracking_uri), MlflowClient(t.tracking_uri).get_run(again.run_id))
+    assert history["m3"] == {1: 3.1, 2: 9.0} and tracking.HISTORY_FILE in files  # two epochs: the file, whole
 
 
 def test_a_driver_following_its_trials_reports_has_the_table_mlflow_gives_without_reading_it(tmp_path):

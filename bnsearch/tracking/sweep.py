@@ -7,6 +7,7 @@ import tempfile
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from mlflow.entities import Metric, RunTag
@@ -44,11 +45,13 @@ class SweepTracker:
         self._read: dict[str, tuple] = {}  # run id -> (what the run looked like, its record)
         self._followed: dict[str, dict[str, Any]] | None = None  # trial key -> record, while following reports
         self._stale = False  # followed records to read again from MLflow first
+        self._closer: ThreadPoolExecutor | None = None  # closes runs off the caller's thread (close_trial(wait=False))
+        self._closing: list[Future] = []
 
     def __getstate__(self) -> dict:
         # Tune pickles its callbacks, this tracker among them, into the experiment's files: not the
         # records read, and a copy follows no reports (its reader is another process, or a restore).
-        return {**self.__dict__, "_read": {}, "_followed": None}
+        return {**self.__dict__, "_read": {}, "_followed": None, "_closer": None, "_closing": []}
 
     def start_sweep(self, sweep_id: str, params: Mapping[str, Any], tags: Mapping[str, str], artifacts: Mapping[str, Any]) -> str:
         """Find or create the parent run of ``sweep_id``; log params, tags and JSON artifacts."""
@@ -63,10 +66,20 @@ class SweepTracker:
         self.parent_run_id = run.info.run_id
         return self.parent_run_id
 
-    def close_trial(self, trial: TrialId, status: str, run_id: str | None = None) -> None:
+    def close_trial(self, trial: TrialId, status: str, run_id: str | None = None, wait: bool = True) -> None:
         """Set a child run's final status (tag and MLflow status); create it if the trial
-        died before it could. ``run_id``: the run its trial reported, when it reported one."""
-        with_retries(lambda: self._close_trial(trial, status, run_id), f"closing the run of {trial.key}")
+        died before it could. ``run_id``: the run its trial reported, when it reported one.
+
+        ``wait=False``: a trial that ran to its end (a completed status) and reported its run has
+        its run closed by a thread of this tracker, so that Tune's loop, which a free trial slot
+        waits on, goes on meanwhile. The records followed say so at once; this tracker's next read
+        of MLflow (and :meth:`wait_closed`) waits for it, and raises what it raised."""
+        close = lambda: with_retries(lambda: self._close_trial(trial, status, run_id), f"closing the run of {trial.key}")  # noqa: E731
+        if wait or run_id is None or status not in COMPLETED:  # a failed trial's run may be reopened by its retry: closed first
+            close()
+        else:
+            self._closer = self._closer or ThreadPoolExecutor(max_workers=1, thread_name_prefix="bnsearch-close")
+            self._closing.append(self._closer.submit(close))
         if self._followed is None or self._stale or trial.key not in self._followed:
             return
         if status == "failed":  # its process is gone: MLflow holds all it sent, which its reports may not
@@ -86,8 +99,15 @@ class SweepTracker:
         self.client.set_tag(run_id, "status", status)
         self.client.set_terminated(run_id, _RUN_STATUS[status])
 
+    def wait_closed(self) -> None:
+        """Wait until every run closed with ``wait=False`` is closed; raise the first error."""
+        closing, self._closing = self._closing, []
+        for future in closing:
+            future.result()
+
     def close_orphans(self) -> int:
         """Mark child runs still RUNNING (their trial never reported an end) as failed."""
+        self.wait_closed()
         return with_retries(self._close_orphans, "closing orphaned runs")
 
     def _close_orphans(self) -> int:
@@ -129,6 +149,7 @@ class SweepTracker:
         return runs[0].data.tags["sweep_id"]
 
     def child_runs(self):
+        self.wait_closed()  # read what this tracker wrote
         return self.client.search_runs([self.experiment_id], filter_string=f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{self.parent_run_id}'",
                                        max_results=SEARCH_PAGE)
 

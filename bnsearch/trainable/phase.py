@@ -14,6 +14,7 @@ from pathlib import Path
 
 import ray
 from ray import tune
+from ray.tune.logger import JsonLoggerCallback
 from ray.tune.schedulers import FIFOScheduler
 
 from bnsearch import data, progress, search, tracking
@@ -42,13 +43,17 @@ class CloseTrialRuns(tune.Callback):
     def _close(self, trial, errored: bool) -> None:
         status = trial_status(trial.last_result, self.trial_setup.max_epochs, errored)
         run_id = (trial.last_result or {}).get(RUN_ID)
-        self.tracker.close_trial(TrialId.of(self.trial_setup.sweep_id, trial.config), status, run_id)
+        # Not waiting: the next trial starts on the freed slot while the run is closed.
+        self.tracker.close_trial(TrialId.of(self.trial_setup.sweep_id, trial.config), status, run_id, wait=False)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._close(trial, errored=False)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._close(trial, errored=True)
+
+    def on_experiment_end(self, trials, **info):
+        self.tracker.wait_closed()
 
 
 # The running phase's progress view. Not on the callback: Tune pickles its callbacks with the
@@ -203,6 +208,10 @@ def run_phase(sweep: Sweep, phase: str, *, tracker: tracking.SweepTracker, sweep
     search.quiet()
     # Frequent checkpoints are deliberate (trials resume from them); Tune's warning about them is noise.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # Of Tune's own loggers, only the JSON one (its results table reads it): its CSV and
+    # TensorBoard ones repeat what MLflow holds, at a third of the driver's time per tiny trial
+    # (BENCHMARKS.md, "A thousand tiny trials").
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     start_ray(address)
     # Load the dataset once, in a task that needs no CPU slot (so trials start meanwhile), and
     # share it through the object store: every trial process would otherwise load its own.
@@ -233,7 +242,7 @@ def run_phase(sweep: Sweep, phase: str, *, tracker: tracking.SweepTracker, sweep
             samples = total
         concurrency = sweep.budget.max_concurrent_trials or slots(sweep.resources.cpu, sweep.resources.gpu) or total
         callbacks = [CloseTrialRuns(tracker, dataclasses.replace(setup, arrays=None))] if track else []
-        callbacks.append(ShowProgress(sweep.metric, sweep.mode, sweep.budget.max_epochs))
+        callbacks += [ShowProgress(sweep.metric, sweep.mode, sweep.budget.max_epochs), JsonLoggerCallback()]
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
