@@ -85,7 +85,7 @@ def main() -> None:
         uri = tracking.default_tracking_uri(storage)
         tracker = tracking.SweepTracker(uri, "profile", artifact_root=tracking.local_artifact_root(uri, storage))
         parent = tracker.start_sweep("profile", params={}, tags={}, artifacts={})
-        walls, train_s = [], 0.0
+        walls, cpus, train_s = [], [], 0.0
         for index in range(args.trials):
             arm = sweep.resolve(list(sweep.arms())[index % 2])
             config = {**arm.config, "arm": arm.name, "phase": "search", "trial_index": index, "seed": index}
@@ -94,7 +94,7 @@ def main() -> None:
                     else rng.choice(dist.values)
             if index == WARMUP_TRIALS:
                 totals.clear()
-            started = time.perf_counter()
+            started, cpu_started = time.perf_counter(), time.process_time()
             run = None if args.untracked else tracking.TrialRun.open(
                 uri, tracker.experiment_id, parent, TrialId.of("profile", config), params=config, tags=train.environment())
 
@@ -108,11 +108,13 @@ def main() -> None:
                               report=report, arrays=arrays, keep=run.log_files if run else None)
             if index >= WARMUP_TRIALS:
                 walls.append(time.perf_counter() - started)
+                cpus.append(time.process_time() - cpu_started)
                 train_s += final["train_time_s"]
     measured = len(walls)
     per_trial = sum(walls) / measured
     print(f"{measured} tiny trials after {WARMUP_TRIALS} warm-up ones, {'untracked' if args.untracked else 'tracked'}: "
-          f"{1000 * per_trial:.0f} ms per trial, of which training steps {1000 * train_s / measured:.0f} ms")
+          f"{1000 * per_trial:.0f} ms per trial ({1000 * sum(cpus) / measured:.0f} ms of CPU, all threads), "
+          f"of which training steps {1000 * train_s / measured:.0f} ms")
     for name in names:
         print(f"  {name:<48} {1000 * totals[name] / measured:6.1f} ms")
     accounted = sum(totals[name] for name in names if not name.startswith(" ")) / measured

@@ -6,8 +6,8 @@ import json
 import tempfile
 import time
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 from mlflow.entities import Metric, RunTag
