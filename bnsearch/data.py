@@ -161,7 +161,8 @@ def ordered_dataset(x, y, order: np.ndarray, batch_size: int, image_size: int | 
     import tensorflow as tf
 
     if x.shape.num_elements() * x.dtype.size <= EAGER_GATHER_BYTES:
-        ds = tf.data.Dataset.from_tensor_slices((tf.gather(x, order), tf.gather(y, order))).batch(batch_size)
+        with tf.device("/CPU:0"):  # where tf.data reads it: no round trip through a GPU
+            ds = tf.data.Dataset.from_tensor_slices((tf.gather(x, order), tf.gather(y, order))).batch(batch_size)
     else:
         ds = tf.data.Dataset.from_tensor_slices(order).batch(batch_size).map(lambda i: (tf.gather(x, i), tf.gather(y, i)))
     return _resized(ds, image_size)

@@ -56,10 +56,11 @@ TRACE_FACTOR = 3
 # GPU memory a TensorFlow process uses outside its allocator's limit (CUDA context, cuDNN and
 # cuBLAS handles), taken off each fractional trial's share so that four 0.25 trials fit.
 GPU_PROCESS_OVERHEAD_MB = 1024
-# Evaluation's inference batches hold this many training batches: inference is per example, so the
-# same predictions in fewer calls; and it keeps one layer's activations at a time, where a training
-# step keeps every layer's for its gradients, so it usually fits in less memory than training did.
-INFERENCE_BATCH_FACTOR = 8
+# Evaluation's inference runs in batches of at least this many examples (the training batch size, if
+# larger): inference is per example, so the same predictions in fewer calls. Not more than that: a
+# large training batch already fills the memory a trial has, and inference of 256 examples needs
+# less than a training step of small batches that keeps every layer's activations for its gradients.
+INFERENCE_BATCH = 256
 
 
 def setup_tensorflow(cpu_threads: int | None = None, gpu_share: float = 0) -> None:
@@ -247,7 +248,7 @@ class Evaluator:
         self.files: dict[str, bytes] = {}
         # Batch-statistics predictions normalize by their batch: those keep the training batch size.
         named = {"val": splits.validation, "test": splits.test}
-        self.inference = {name: datasets.Batches(*xy, INFERENCE_BATCH_FACTOR * batch_size, image_size) for name, xy in named.items()}
+        self.inference = {name: datasets.Batches(*xy, max(INFERENCE_BATCH, batch_size), image_size) for name, xy in named.items()}
         self.batches = {name: datasets.Batches(*xy, batch_size, image_size) for name, xy in named.items()}
         # GroupNorm/LayerNorm keep no moving statistics: nothing to recalibrate or diagnose, and each run says so.
         batch_free = [layer.name for layer in model.layers if isinstance(layer, NORM_LAYERS)] if not self.passes else []

@@ -121,6 +121,17 @@ def test_a_completed_trial_closes_in_the_background_and_the_next_read_waits_for_
     t.wait_closed()  # raised once
 
 
+def test_orphans_that_tune_recorded_as_ended_keep_their_status(tmp_path):
+    """A driver killed before its background close landed: on the restored run's end, the run of a
+    trial Tune recorded as ended gets that status; one that never reported an end has failed."""
+    t = tracker(tmp_path)
+    for arm in ("ended", "lost"):
+        tracking.TrialRun.open(t.tracking_uri, t.experiment_id, t.parent_run_id, trial(arm))
+    assert t.close_orphans({trial("ended").key: "stopped_early"}) == 2
+    assert {r.data.tags["arm"]: (r.info.status, r.data.tags["status"]) for r in t.child_runs()} == {
+        "ended": ("FINISHED", "stopped_early"), "lost": ("FAILED", "failed")}
+
+
 def test_params_come_back_typed():
     params = dict((p.key, p.value) for p in tracking.as_params({"lr": 0.001, "sizes": [32, 32], "bn": True, "arm": "before", "n": 3}))
     assert params == {"lr": "0.001", "sizes": "[32, 32]", "bn": "true", "arm": "before", "n": "3"}  # readable in the UI
@@ -232,8 +243,10 @@ def test_a_run_of_one_epoch_writes_no_history_file_and_reads_back_with_no_reques
     again = tracking.TrialRun.open(t.tracking_uri, t.experiment_id, t.parent_run_id, trial("a", 0))  # resumed: epoch 2 follows
     again.log_epoch(2, {f"m{k}": 9.0 for k in range(5)} | {"nan": 1.0})
     again.finish()
-    history = tracking.store.run_history(MlflowClient(t.tracking_uri), MlflowClient(t.tracking_uri).get_run(again.run_id))
-    assert history["m3"] == {1: 3.1, 2: 9.0} and tracking.HISTORY_FILE in files  # two epochs: the file, whole
+    counting = CountingClient(MlflowClient(t.tracking_uri))
+    history = tracking.store.run_history(counting, counting.get_run(again.run_id))
+    assert history["m3"] == {1: 3.1, 2: 9.0} and files[-1] == tracking.HISTORY_FILE  # two epochs: the file, whole
+    assert "get_metric_history" not in counting.calls
 
 
 def test_a_driver_following_its_trials_reports_has_the_table_mlflow_gives_without_reading_it(tmp_path):

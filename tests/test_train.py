@@ -219,17 +219,17 @@ def test_larger_inference_batches_score_what_training_sized_ones_do(monkeypatch)
     model.fit(train.datasets.tf_dataset(*splits.train, 32), epochs=1, verbose=0)
     trained = compiled.Compiled.of(model)
 
-    def metrics(factor):
-        monkeypatch.setattr(train, "INFERENCE_BATCH_FACTOR", factor)
+    def metrics(size):
+        monkeypatch.setattr(train, "INFERENCE_BATCH", size)
         evaluator = train.Evaluator(trained, splits, 32, None, "precise")
         return evaluator, evaluator.evaluate(final=True, diverged=False)
 
-    (large, eight), (_, one) = metrics(8), metrics(1)
+    (large, in_256), (_, in_32) = metrics(256), metrics(1)
     assert len(large.inference["test"]) == 2 and len(large.batches["test"]) == 12  # 359 test examples
-    assert eight.keys() == one.keys()
-    for key in eight:
+    assert in_256.keys() == in_32.keys()
+    for key in in_256:
         if not key.endswith("time_s"):
-            assert eight[key] == pytest.approx(one[key], rel=1e-5, abs=1e-6), key
+            assert in_256[key] == pytest.approx(in_32[key], rel=1e-5, abs=1e-6), key
 
 
 def test_epoch_time_counts_training_steps_only():

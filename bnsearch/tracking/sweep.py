@@ -6,7 +6,7 @@ import json
 import tempfile
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +53,9 @@ class SweepTracker:
         # records read, and a copy follows no reports (its reader is another process, or a restore).
         return {**self.__dict__, "_read": {}, "_followed": None, "_closer": None, "_closing": []}
 
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update({"_closer": None, "_closing": [], **state})  # pickled before there were background closes
+
     def start_sweep(self, sweep_id: str, params: Mapping[str, Any], tags: Mapping[str, str], artifacts: Mapping[str, Any]) -> str:
         """Find or create the parent run of ``sweep_id``; log params, tags and JSON artifacts."""
         run = find_run(self.client, self.experiment_id, sweep_id=sweep_id, role="sweep")
@@ -73,7 +76,8 @@ class SweepTracker:
         ``wait=False``: a trial that ran to its end (a completed status) and reported its run has
         its run closed by a thread of this tracker, so that Tune's loop, which a free trial slot
         waits on, goes on meanwhile. The records followed say so at once; this tracker's next read
-        of MLflow (and :meth:`wait_closed`) waits for it, and raises what it raised."""
+        of MLflow (and :meth:`wait_closed`) waits for it, and raises what it raised. If the driver
+        is killed first, :meth:`close_orphans` at the restored run's end gives it its status."""
         close = lambda: with_retries(lambda: self._close_trial(trial, status, run_id), f"closing the run of {trial.key}")  # noqa: E731
         if wait or run_id is None or status not in COMPLETED:  # a failed trial's run may be reopened by its retry: closed first
             close()
@@ -100,24 +104,28 @@ class SweepTracker:
         self.client.set_terminated(run_id, _RUN_STATUS[status])
 
     def wait_closed(self) -> None:
-        """Wait until every run closed with ``wait=False`` is closed; raise the first error."""
+        """Wait until every run closed with ``wait=False`` is closed; then raise the first error."""
         closing, self._closing = self._closing, []
+        wait(closing)
         for future in closing:
             future.result()
 
-    def close_orphans(self) -> int:
-        """Mark child runs still RUNNING (their trial never reported an end) as failed."""
+    def close_orphans(self, ended: Mapping[str, str] | None = None) -> int:
+        """Close child runs still RUNNING: as failed (their trial never reported an end), or, for
+        a trial Tune recorded as ended (``ended``: trial key → status), with that status (a
+        driver killed before its background close landed)."""
         self.wait_closed()
-        return with_retries(self._close_orphans, "closing orphaned runs")
+        return with_retries(lambda: self._close_orphans(ended or {}), "closing orphaned runs")
 
-    def _close_orphans(self) -> int:
+    def _close_orphans(self, ended: Mapping[str, str]) -> int:
         runs = self.client.search_runs(
             [self.experiment_id],
             filter_string=f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{self.parent_run_id}' and attributes.status = 'RUNNING'",
         )
         for run in runs:
-            self.client.set_tag(run.info.run_id, "status", "failed")
-            self.client.set_terminated(run.info.run_id, "FAILED")
+            status = ended.get(run.data.tags.get("trial_key"), "failed")
+            self.client.set_tag(run.info.run_id, "status", status)
+            self.client.set_terminated(run.info.run_id, _RUN_STATUS[status])
         if runs:
             self.read_again()  # their trials never said how they ended: MLflow has the last word
         return len(runs)

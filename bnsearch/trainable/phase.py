@@ -14,6 +14,7 @@ from pathlib import Path
 
 import ray
 from ray import tune
+from ray.tune.experiment import Trial
 from ray.tune.logger import JsonLoggerCallback
 from ray.tune.schedulers import FIFOScheduler
 
@@ -53,7 +54,10 @@ class CloseTrialRuns(tune.Callback):
         self._close(trial, errored=True)
 
     def on_experiment_end(self, trials, **info):
-        self.tracker.wait_closed()
+        # A trial Tune recorded as ended keeps its status, also where the background close of a
+        # driver killed since never landed; any other run still RUNNING has failed.
+        self.tracker.close_orphans({TrialId.of(self.trial_setup.sweep_id, t.config).key: trial_status(t.last_result, self.trial_setup.max_epochs)
+                                    for t in trials if t.status == Trial.TERMINATED})
 
 
 # The running phase's progress view. Not on the callback: Tune pickles its callbacks with the
@@ -208,10 +212,6 @@ def run_phase(sweep: Sweep, phase: str, *, tracker: tracking.SweepTracker, sweep
     search.quiet()
     # Frequent checkpoints are deliberate (trials resume from them); Tune's warning about them is noise.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    # Of Tune's own loggers, only the JSON one (its results table reads it): its CSV and
-    # TensorBoard ones repeat what MLflow holds, at a third of the driver's time per tiny trial
-    # (BENCHMARKS.md, "A thousand tiny trials").
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     start_ray(address)
     # Load the dataset once, in a task that needs no CPU slot (so trials start meanwhile), and
     # share it through the object store: every trial process would otherwise load its own.
@@ -241,8 +241,13 @@ def run_phase(sweep: Sweep, phase: str, *, tracker: tracking.SweepTracker, sweep
             total, searcher, scheduler = len(configs), FixedConfigs(configs), FIFOScheduler()
             samples = total
         concurrency = sweep.budget.max_concurrent_trials or slots(sweep.resources.cpu, sweep.resources.gpu) or total
-        callbacks = [CloseTrialRuns(tracker, dataclasses.replace(setup, arrays=None))] if track else []
-        callbacks += [ShowProgress(sweep.metric, sweep.mode, sweep.budget.max_epochs), JsonLoggerCallback()]
+        # Of Tune's own loggers, only the JSON one (its results table reads it): its CSV and
+        # TensorBoard ones repeat what MLflow holds, at a third of the driver's CPU per tiny trial
+        # (BENCHMARKS.md, "A thousand tiny trials"). A restored run keeps the loggers it started with.
+        os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+        callbacks = [ShowProgress(sweep.metric, sweep.mode, sweep.budget.max_epochs), JsonLoggerCallback()]
+        if track:  # last: its end of experiment may raise a close that failed
+            callbacks.append(CloseTrialRuns(tracker, dataclasses.replace(setup, arrays=None)))
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
