@@ -6,7 +6,8 @@ import json
 import tempfile
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_for_all
 from pathlib import Path
 from typing import Any
 
@@ -106,7 +107,7 @@ class SweepTracker:
     def wait_closed(self) -> None:
         """Wait until every run closed with ``wait=False`` is closed; then raise the first error."""
         closing, self._closing = self._closing, []
-        wait(closing)
+        wait_for_all(closing)
         for future in closing:
             future.result()
 

@@ -57,7 +57,7 @@ class CloseTrialRuns(tune.Callback):
         # A trial Tune recorded as ended keeps its status, also where the background close of a
         # driver killed since never landed; any other run still RUNNING has failed.
         self.tracker.close_orphans({TrialId.of(self.trial_setup.sweep_id, t.config).key: trial_status(t.last_result, self.trial_setup.max_epochs)
-                                    for t in trials if t.status == Trial.TERMINATED})
+                                    for t in trials if t.status == Trial.TERMINATED and t.last_result})
 
 
 # The running phase's progress view. Not on the callback: Tune pickles its callbacks with the
