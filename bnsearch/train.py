@@ -21,6 +21,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import platform
+import re
 import subprocess
 import tempfile
 import time
@@ -117,11 +119,25 @@ def environment() -> dict[str, str]:
         "version.tensorflow": tf.__version__,
         "version.keras": keras.__version__,
         "version.numpy": np.__version__,
+        "machine.cpu": cpu_description(),
         # Keras updates the moving variance with the biased (population) batch variance;
         # PyTorch uses the unbiased one. Momentum is Keras' decay (PyTorch's 0.1 is 0.9 here).
         "bn_moving_variance": "biased",
         "bn_momentum_convention": "keras (moving-average decay)",
     }
+
+
+def cpu_description() -> str:
+    """The CPU model and its vector instruction sets: oneDNN picks its kernels by them, and float
+    results (so a few epochs' accuracy) can differ between hosts with the same versions."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            info = f.read()
+    except OSError:  # not Linux
+        return platform.processor() or platform.machine()
+    model, flags = re.search(r"model name\s*:\s*(.*)", info), re.search(r"flags\s*:\s*(.*)", info)
+    vector = sorted(flag for flag in (flags.group(1).split() if flags else []) if flag.startswith(("avx", "amx", "fma")))
+    return "; ".join([model.group(1).strip() if model else platform.machine(), " ".join(vector)])
 
 
 def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:

@@ -1,6 +1,8 @@
+import io
 import json
 import math
 import os
+import platform
 
 import pytest
 
@@ -73,6 +75,17 @@ def test_mnist1d_convnet_trains():
 def test_environment_records_versions_and_bn_convention():
     env = train.environment()
     assert env["bn_moving_variance"] == "biased" and env["version.keras"].startswith("3.")
+    model, vector = env["machine.cpu"].split("; ")
+    assert model and (vector or platform.machine() not in ("x86_64", "AMD64"))  # x86 has AVX at least
+
+
+def test_the_cpu_description_names_the_model_and_the_instruction_sets_oneDNN_picks_by(monkeypatch):
+    import builtins
+
+    cpuinfo = "processor\t: 0\nmodel name\t: Test CPU\nflags\t\t: fpu sse2 avx2 fma amx_tile avx512f\n"
+    real_open = builtins.open
+    monkeypatch.setattr(builtins, "open", lambda path, *a, **k: io.StringIO(cpuinfo) if path == "/proc/cpuinfo" else real_open(path, *a, **k))
+    assert train.cpu_description() == "Test CPU; amx_tile avx2 avx512f fma"
 
 
 def test_checkpoints_are_spaced_by_time():
