@@ -18,6 +18,7 @@ diagnostics of :mod:`bnsearch.diagnostics` (``bn_*`` keys).
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -127,6 +128,7 @@ def environment() -> dict[str, str]:
     }
 
 
+@functools.cache  # environment() runs at every trial's start; the CPU stays the same
 def cpu_description() -> str:
     """The CPU model and its vector instruction sets: oneDNN picks its kernels by them, and float
     results (so a few epochs' accuracy) can differ between hosts with the same versions."""
