@@ -80,7 +80,7 @@ def wait_until(condition, process: subprocess.Popen, what: str, timeout: float =
             pytest.fail(f"the sweep ended before {what}:\n{process.stdout.read()[-4000:]}")
         if time.monotonic() > deadline:
             pytest.fail(f"timed out waiting until {what}")
-        time.sleep(0.5)
+        time.sleep(0.2)
 
 
 def epochs_logged(run) -> int:
@@ -124,9 +124,10 @@ def test_a_worker_node_lost_mid_sweep_costs_only_the_epochs_since_its_trials_las
     cluster, workers = cluster
     storage = tmp_path / "results"
     sweep = start_sweep(cluster.address, storage, "--phase", "search")
-    # Mid-sweep: four trials running on the two nodes, each with a checkpoint (one per epoch).
-    wait_until(lambda: sum(r.info.status == "RUNNING" and epochs_logged(r) >= 2 for r in child_runs(storage)) >= 4,
-               sweep, "four trials had checkpointed")
+    # Mid-sweep: three running trials with a checkpoint (one per epoch). A node holds two trials,
+    # so both nodes hold one; waiting for all four would hinge on how far apart they started.
+    wait_until(lambda: sum(r.info.status == "RUNNING" and epochs_logged(r) >= 2 for r in child_runs(storage)) >= 3,
+               sweep, "three trials had checkpointed")
     cluster.remove_node(workers[1])  # from the main thread, as Ray requires
     output = finish(sweep)
 

@@ -3,7 +3,7 @@ checkpoint every epoch (1-3 s each on 2 CPUs) and run long enough to be interrup
 
 Command:  bnsearch run tests/sweeps/packed_mlp.py --address <a cluster with GPUs>
           bnsearch run tests/sweeps/packed_mlp.py --dry-run      (local, no GPU, 2 trials per arm, 4 epochs)
-Cost:     2 arms x (3 search trials + 2 seeds) x 6 epochs, about a minute on 2 CPUs.
+Cost:     2 arms x (3 search trials + 2 seeds) x 10 epochs, about a minute on 2 CPUs.
 """
 
 import dataclasses
@@ -20,7 +20,7 @@ def get_sweep(dry_run: bool = False) -> Sweep:
         scientific={"bn_placement": ("none", "before")},
         nuisance={"learning_rate": LogUniform(3e-4, 3e-3), "batch_size": Choice((32,))},  # where it learns: at 0.027 "none" collapses
         fixed={"optimizer": "adam"},
-        budget=Budget(trials_per_arm=3, max_epochs=6, early_stopping=False, seeds=2, checkpoint_every_s=0,
+        budget=Budget(trials_per_arm=3, max_epochs=10, early_stopping=False, seeds=2, checkpoint_every_s=0,
                       sampler="random"),
         resources=Resources(cpu=1, gpu=0.5),
     )
