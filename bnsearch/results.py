@@ -113,9 +113,19 @@ def best_configs(table: pd.DataFrame, arms: list[str], metric: str, mode: str) -
         finished = trials[trials["status"] == "finished"]
         pool = finished if len(finished) else trials
         if pool.empty:
-            raise LookupError(f"arm {arm!r} has no search trial that ran without failing (diverged, collapsed or crashed)")
+            raise LookupError(f"arm {arm!r} has no search trial that ran without failing (diverged, collapsed or crashed): "
+                              + how_trials_ended(last[last["arm"] == arm], metric))
         best[arm] = config_of(pool.loc[pool["selection"].idxmax() if mode == "max" else pool["selection"].idxmin()])
     return best
+
+
+def how_trials_ended(last: pd.DataFrame, metric: str) -> str:
+    """Per trial (its last epoch's row), how it ended: what a user reads to see why an arm has
+    nothing to choose from."""
+    if last.empty:
+        return "none recorded"
+    return ", ".join(f"trial {row.trial_index} {row.status} at epoch {int(row.epoch)}"
+                     + ("" if pd.notna(row.selection) else f", no {metric}") for row in last.itertuples())
 
 
 TEST_CORRECT_FILE = "test_correct.npz"  # per replicate run: a bit per test example, 1 where right

@@ -55,9 +55,11 @@ def start_sweep(address: str, storage: Path, *args: str) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
 
 
-def finish(process: subprocess.Popen, timeout: float = 420) -> str:
+def finish(process: subprocess.Popen, storage: Path, timeout: float = 420) -> str:
     output, _ = process.communicate(timeout=timeout)
-    assert process.returncode == 0, output[-4000:]
+    # Tune's own output (trial errors, restores) goes to tune.log, not to the console.
+    errors = [line for log in storage.glob("*/tune.log") for line in log.read_text().splitlines() if "rror" in line]
+    assert process.returncode == 0, output[-4000:] + "\ntune.log, lines about errors:\n" + "\n".join(errors[-40:])
     return output
 
 
@@ -129,7 +131,7 @@ def test_a_worker_node_lost_mid_sweep_costs_only_the_epochs_since_its_trials_las
     wait_until(lambda: sum(r.info.status == "RUNNING" and epochs_logged(r) >= 2 for r in child_runs(storage)) >= 3,
                sweep, "three trials had checkpointed")
     cluster.remove_node(workers[1])  # from the main thread, as Ray requires
-    output = finish(sweep)
+    output = finish(sweep, storage)
 
     runs = assert_one_finished_run_per_trial(storage, SEARCH_TRIALS)
     assert {r.data.tags["arm"] for r in runs} == set(SWEEP.arms())
@@ -160,7 +162,7 @@ def test_a_killed_driver_resumes_with_the_same_command_without_rerunning_or_dupl
     finished_before = {r.data.tags["trial_key"]: r.info.end_time for r in child_runs(storage) if r.info.status == "FINISHED"}
     running_before = sum(r.info.status == "RUNNING" for r in child_runs(storage))
 
-    output = finish(start_sweep(cluster.address, storage))
+    output = finish(start_sweep(cluster.address, storage), storage)
     assert "resuming sweep" in output
 
     mlflow = client(storage)

@@ -57,8 +57,16 @@ def test_best_configs_prefer_full_budget_trials_on_a_smoothed_value_and_skip_fai
     assert best["none"]["learning_rate"] == 3e-3  # 0.72 at the full budget beats 0.9 stopped at epoch 1
     # the mean of the last 3 epochs (0.77) beats one lucky last epoch (0.92 after 0.3, 0.4); collapsed never counts
     assert best["before"] == {"learning_rate": 1e-2, "hidden_sizes": [32, 32], "bn_placement": "before", "bn_momentum": 0.99}
-    with pytest.raises(LookupError, match="'after'"):
+    with pytest.raises(LookupError, match="'after'.*: none recorded"):
         results.best_configs(results.from_records(RECORDS), ["after"], "val_accuracy", "max")
+
+
+def test_an_arm_with_nothing_to_choose_says_how_each_of_its_trials_ended():
+    records = [record("search", "before", 0, "diverged", [math.nan], 1e30),
+               record("search", "before", 1, "failed", [0.6, 0.7], 1e-2)]
+    with pytest.raises(LookupError) as error:
+        results.best_configs(results.from_records(records), ["before"], "val_accuracy", "max")
+    assert str(error.value).endswith(": trial 0 diverged at epoch 1, no val_accuracy, trial 1 failed at epoch 2")
 
 
 def test_final_values_in_points_with_failures():
