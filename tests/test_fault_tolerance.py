@@ -3,17 +3,21 @@ started here (``ray.cluster_utils.Cluster``: a head with no CPUs, workers with f
 The sweep runs as its own driver process, exactly as a user starts it, with ``--address``.
 
 - a worker node removed mid-sweep: its trials resume from their last checkpoint elsewhere,
-  and MLflow ends with exactly one FINISHED child run per trial;
+  and MLflow ends with exactly one FINISHED child run per trial; meanwhile the experiment state
+  on storage never names a deleted checkpoint;
 - the driver SIGKILLed mid-sweep: the same command resumes the sweep (Tune restore, searcher
   state), re-runs no finished trial and duplicates no MLflow run.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -85,6 +89,38 @@ def wait_until(condition, process: subprocess.Popen, what: str, timeout: float =
         time.sleep(0.2)
 
 
+@contextlib.contextmanager
+def watching_snapshots(storage: Path):
+    """Polls, while the block runs, the newest experiment snapshot on storage (what a killed
+    driver's rerun restores from); yields the checkpoints of running trials it named that were
+    gone. Such a trial fails its restore, with all its retries."""
+    from ray.tune.experiment.trial import Trial
+
+    gone: list[str] = []
+    stop = threading.Event()
+
+    def poll():
+        while not stop.wait(0.1):
+            snapshots = sorted(storage.glob("*-search/experiment_state-*.json"))
+            try:
+                trials = json.loads(snapshots[-1].read_text())["trial_data"] if snapshots else []
+            except (OSError, ValueError):  # being written
+                continue
+            for trial_state, metadata in trials:
+                trial = Trial.from_json_state(trial_state, stub=True)
+                trial.restore_run_metadata(metadata)
+                if trial.status != Trial.TERMINATED and trial.checkpoint and not os.path.exists(trial.checkpoint.path):
+                    gone.append(trial.checkpoint.path)
+
+    watcher = threading.Thread(target=poll, daemon=True)
+    watcher.start()
+    try:
+        yield gone
+    finally:
+        stop.set()
+        watcher.join()
+
+
 def epochs_logged(run) -> int:
     return int(run.data.metrics.get("epoch", 0))
 
@@ -126,12 +162,16 @@ def test_a_worker_node_lost_mid_sweep_costs_only_the_epochs_since_its_trials_las
     cluster, workers = cluster
     storage = tmp_path / "results"
     sweep = start_sweep(cluster.address, storage, "--phase", "search")
-    # Mid-sweep: three running trials with a checkpoint (one per epoch). A node holds two trials,
-    # so both nodes hold one; waiting for all four would hinge on how far apart they started.
-    wait_until(lambda: sum(r.info.status == "RUNNING" and epochs_logged(r) >= 2 for r in child_runs(storage)) >= 3,
-               sweep, "three trials had checkpointed")
-    cluster.remove_node(workers[1])  # from the main thread, as Ray requires
-    output = finish(sweep, storage)
+    with watching_snapshots(storage) as gone:
+        # Mid-sweep: three running trials with a checkpoint (one per epoch). A node holds two trials,
+        # so both nodes hold one; waiting for all four would hinge on how far apart they started.
+        wait_until(lambda: sum(r.info.status == "RUNNING" and epochs_logged(r) >= 2 for r in child_runs(storage)) >= 3,
+                   sweep, "three trials had checkpointed")
+        cluster.remove_node(workers[1])  # from the main thread, as Ray requires
+        output = finish(sweep, storage)
+    # Tune's own pruning (num_to_keep) left the snapshot naming a deleted checkpoint in about 1%
+    # of polls of this sweep: a driver killed then loses those trials.
+    assert not gone, sorted(set(gone))
 
     runs = assert_one_finished_run_per_trial(storage, SEARCH_TRIALS)
     assert {r.data.tags["arm"] for r in runs} == set(SWEEP.arms())
@@ -176,6 +216,10 @@ def test_a_killed_driver_resumes_with_the_same_command_without_rerunning_or_dupl
     assert (len(tune_results(storage, "search")), len(tune_results(storage, "replicate"))) == (SEARCH_TRIALS, REPLICATE_TRIALS)
     assert sorted(r.data.tags["phase"] for r in runs).count("replicate") == REPLICATE_TRIALS
     assert "report.md" in {a.path for a in mlflow.list_artifacts(parents[0].info.run_id)}
+    # Old checkpoints went only where no snapshot could name them; at the end each trial, the
+    # restored ones included, keeps its latest (a final epoch saves none: at most one).
+    for trial in (p for p in storage.glob("*-search/train_trial_*") if p.is_dir()):
+        assert len(list(trial.glob("checkpoint_*"))) <= 1, sorted(c.name for c in trial.glob("checkpoint_*"))
     assert_the_driver_kept_the_table_mlflow_gives(storage, tmp_path)  # the restored run's trials reported elsewhere
     print(f"driver kill: SIGKILL with {len(finished_before)} trials finished and {running_before} running; the rerun "
           f"resumed the sweep: {len(runs)} MLflow child runs ({SEARCH_TRIALS} search + {REPLICATE_TRIALS} replicate), "

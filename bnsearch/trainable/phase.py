@@ -22,6 +22,7 @@ from bnsearch import data, progress, search, tracking
 from bnsearch.identity import TrialId
 from bnsearch.models.registry import is_import_path
 from bnsearch.spec import FAILURES, SpecError, Sweep, one_line
+from bnsearch.trainable.checkpoints import PruneCheckpoints
 from bnsearch.trainable.searchers import ArmScheduler, ArmSearcher, FixedConfigs, ThenReplicate
 from bnsearch.trainable.trial import (
     RUN_ID, TrialSetup, dataset_loaded, load_dataset, logged_metrics, model_problems, train_trial, trial_status,
@@ -245,7 +246,7 @@ def run_phase(sweep: Sweep, phase: str, *, tracker: tracking.SweepTracker, sweep
         # TensorBoard ones repeat what MLflow holds, at a third of the driver's CPU per tiny trial
         # (BENCHMARKS.md, "A thousand tiny trials"). A restored run keeps the loggers it started with.
         os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-        callbacks = [ShowProgress(sweep.metric, sweep.mode, sweep.budget.max_epochs), JsonLoggerCallback()]
+        callbacks = [ShowProgress(sweep.metric, sweep.mode, sweep.budget.max_epochs), JsonLoggerCallback(), PruneCheckpoints()]
         if track:  # last: its end of experiment may raise a close that failed
             callbacks.append(CloseTrialRuns(tracker, dataclasses.replace(setup, arrays=None)))
         tuner = tune.Tuner(
@@ -261,7 +262,7 @@ def run_phase(sweep: Sweep, phase: str, *, tracker: tracking.SweepTracker, sweep
                 name=name,
                 storage_path=storage,
                 callbacks=callbacks,
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=None),  # PruneCheckpoints deletes, safely
                 failure_config=tune.FailureConfig(max_failures=2),
                 verbose=1,
             ),

@@ -1,0 +1,50 @@
+"""Old trial checkpoints go only once no experiment snapshot can still name them
+(bnsearch.trainable.checkpoints), on real Tune checkpoints in a folder."""
+
+from types import SimpleNamespace
+
+from ray import tune
+
+from bnsearch.trainable.checkpoints import PruneCheckpoints
+
+
+def saved(folder, index: int) -> tune.Checkpoint:
+    path = folder / f"checkpoint_{index:06d}"
+    path.mkdir(parents=True)
+    (path / "state").write_text(str(index))
+    return tune.Checkpoint.from_directory(str(path))
+
+
+def left(folder) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_a_superseded_checkpoint_goes_only_after_two_snapshots_and_the_newest_two_stay(tmp_path):
+    prune, trial = PruneCheckpoints(keep=2), SimpleNamespace(trial_id="t1")
+    for index in range(5):
+        prune.on_checkpoint(iteration=index, trials=[trial], trial=trial, checkpoint=saved(tmp_path, index))
+    assert len(left(tmp_path)) == 5  # no snapshot yet: the last one written may name any of them
+    prune.get_state()
+    assert len(left(tmp_path)) == 5  # this snapshot names the newest, but may not be on storage yet
+    prune.get_state()
+    assert left(tmp_path) == ["checkpoint_000003", "checkpoint_000004"]
+    prune.on_checkpoint(iteration=5, trials=[trial], trial=trial, checkpoint=saved(tmp_path, 5))
+    prune.get_state()
+    assert left(tmp_path) == ["checkpoint_000003", "checkpoint_000004", "checkpoint_000005"]
+    prune.get_state()
+    assert left(tmp_path) == ["checkpoint_000004", "checkpoint_000005"]
+
+
+def test_at_the_end_each_trial_keeps_its_latest_checkpoint_also_those_a_killed_driver_left(tmp_path):
+    prune = PruneCheckpoints(keep=2)
+    seen, restored = tmp_path / "seen", tmp_path / "restored"
+    trial = SimpleNamespace(trial_id="seen", checkpoint=None)
+    for index in range(4):
+        trial.checkpoint = saved(seen, index)
+        prune.on_checkpoint(iteration=index, trials=[trial], trial=trial, checkpoint=trial.checkpoint)
+    older = [saved(restored, index) for index in range(3)]  # saved before a restore: never seen
+    (restored / "result.json").write_text("{}")
+    prune.on_experiment_end(trials=[trial, SimpleNamespace(trial_id="restored", checkpoint=older[-1]),
+                                    SimpleNamespace(trial_id="none", checkpoint=None)])
+    assert left(seen) == ["checkpoint_000003"]
+    assert left(restored) == ["checkpoint_000002", "result.json"]
