@@ -10,7 +10,9 @@ forces a snapshot once a trial has checkpointed k times, but only after the dele
 So Tune keeps every checkpoint (``num_to_keep=None``), and this callback deletes the old ones
 itself, once two snapshots written since name newer ones: a snapshot's upload starts as it is
 written and is done by the next one unless storage is slower than Tune's snapshot period (which
-Tune warns about), so the older of the two is on storage by then."""
+Tune warns about), so the older of the two is on storage by then. Without ``num_to_keep`` Tune
+forces no snapshot; it writes one every 10 s or more, and a killed driver's rerun resumes each
+trial from the checkpoint the last one names."""
 
 from __future__ import annotations
 
@@ -39,7 +41,7 @@ def delete(checkpoint: tune.Checkpoint) -> None:
 class PruneCheckpoints(tune.Callback):
     """Each trial keeps its ``keep`` newest checkpoints, and any older one until two experiment
     snapshots have been written since it was superseded; at the experiment's end (after Tune's
-    last snapshot, which it waits for) each trial keeps only its latest checkpoint."""
+    last snapshot, which it waits for) only each trial's latest checkpoint stays."""
 
     def __init__(self, keep: int = 2):
         self.keep = keep
@@ -61,14 +63,16 @@ class PruneCheckpoints(tune.Callback):
         return None  # nothing to restore: a restored run prunes what it finds at its end
 
     def on_experiment_end(self, trials, **info):
-        for _, checkpoint in self._superseded:
-            delete(checkpoint)
-        self._superseded.clear()
-        for trial in trials:  # also what a killed driver left to prune, in a restored run
-            latest = trial.checkpoint
-            if latest is None:
+        self._superseded.clear()  # all go now, with what a killed driver left behind:
+        if not trials:
+            return
+        # every checkpoint in the experiment's trial folders but each trial's latest, including
+        # those of a trial the restored snapshot did not know (started again under another id)
+        latest = {trial.checkpoint.path.rstrip("/") for trial in trials if trial.checkpoint}
+        filesystem, experiment = trials[0].storage.storage_filesystem, trials[0].storage.experiment_fs_path
+        for folder in filesystem.get_file_info(pyarrow.fs.FileSelector(experiment)):
+            if folder.type != pyarrow.fs.FileType.Directory:
                 continue
-            folder = latest.path.rstrip("/").rsplit("/", 1)[0]
-            for entry in latest.filesystem.get_file_info(pyarrow.fs.FileSelector(folder, allow_not_found=True)):
-                if entry.base_name.startswith(CHECKPOINT_PREFIX) and entry.path.rstrip("/") != latest.path.rstrip("/"):
-                    delete(tune.Checkpoint(entry.path, filesystem=latest.filesystem))
+            for entry in filesystem.get_file_info(pyarrow.fs.FileSelector(folder.path)):
+                if entry.base_name.startswith(CHECKPOINT_PREFIX) and entry.path.rstrip("/") not in latest:
+                    delete(tune.Checkpoint(entry.path, filesystem=filesystem))
