@@ -62,9 +62,9 @@ def start_sweep(address: str, storage: Path, *args: str) -> subprocess.Popen:
 
 def finish(process: subprocess.Popen, storage: Path, timeout: float = 420) -> str:
     output, _ = process.communicate(timeout=timeout)
-    # Tune's own output (trial errors, restores) goes to tune.log, not to the console.
-    errors = [line for log in storage.glob("*/tune.log") for line in log.read_text().splitlines() if "rror" in line]
-    assert process.returncode == 0, output[-4000:] + "\ntune.log, lines about errors:\n" + "\n".join(errors[-40:])
+    if process.returncode != 0:  # Tune's own output (trial errors, restores) goes to tune.log, not to the console
+        errors = [line for log in storage.glob("*/tune.log") for line in log.read_text().splitlines() if "rror" in line]
+        pytest.fail(output[-4000:] + "\ntune.log, lines about errors:\n" + "\n".join(errors[-40:]))
     return output
 
 

@@ -67,12 +67,12 @@ class PruneCheckpoints(tune.Callback):
         if not trials:
             return
         # every checkpoint in the experiment's trial folders but each trial's latest, including
-        # those of a trial the restored snapshot did not know (started again under another id)
+        # those of a trial the restored snapshot did not know (started again under another id);
+        # one listing of the experiment, not one per trial (a request each on cloud storage)
         latest = {trial.checkpoint.path.rstrip("/") for trial in trials if trial.checkpoint}
-        filesystem, experiment = trials[0].storage.storage_filesystem, trials[0].storage.experiment_fs_path
-        for folder in filesystem.get_file_info(pyarrow.fs.FileSelector(experiment)):
-            if folder.type != pyarrow.fs.FileType.Directory:
-                continue
-            for entry in filesystem.get_file_info(pyarrow.fs.FileSelector(folder.path)):
-                if entry.base_name.startswith(CHECKPOINT_PREFIX) and entry.path.rstrip("/") not in latest:
-                    delete(tune.Checkpoint(entry.path, filesystem=filesystem))
+        filesystem, experiment = trials[0].storage.storage_filesystem, trials[0].storage.experiment_fs_path.rstrip("/")
+        for entry in filesystem.get_file_info(pyarrow.fs.FileSelector(experiment, recursive=True)):
+            path = entry.path.rstrip("/")
+            in_trial_folder = path.count("/") == experiment.count("/") + 2  # <experiment>/<trial>/checkpoint_…
+            if in_trial_folder and entry.base_name.startswith(CHECKPOINT_PREFIX) and path not in latest:
+                delete(tune.Checkpoint(path, filesystem=filesystem))
