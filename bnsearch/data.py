@@ -6,7 +6,8 @@ from the training data with a split seed (one for the whole search phase, the se
 replicate phase). Loaders import their libraries lazily so the
 registry can be listed on the driver without TensorFlow.
 
-Always available offline: ``digits`` (ships inside scikit-learn) and ``mnist1d`` (generated).
+Always available offline: ``digits`` (ships inside scikit-learn) and ``mnist1d`` (generated, and
+kept on disk once made: see :func:`cache_path`).
 ``mnist_idx`` reads an IDX directory such as the MNIST test set; ``parquet`` and ``npz`` read
 your own files; ``mnist``, ``fashion_mnist`` and ``cifar10`` use Keras' downloader (and its
 cache in ``~/.keras/datasets``, so a pre-seeded cache works offline too).
@@ -14,11 +15,17 @@ cache in ``~/.keras/datasets``, so a pre-seeded cache works offline too).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gzip
+import hashlib
 import inspect
+import json
 import os
+import tempfile
+import zipfile
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import Callable
 
@@ -27,6 +34,10 @@ import numpy as np
 MNIST_IDX_ENV = "BNSEARCH_MNIST_IDX"
 COMMON_PARAMETERS = {"validation_fraction": 0.1, "image_size": None}
 EAGER_GATHER_BYTES = 64 * 2**20  # a training split up to this size is copied into each epoch's order
+# Where generated datasets are kept once made (default: ~/.cache/bnsearch/datasets), as Keras keeps
+# its downloads: MNIST-1D's 20,000 samples take 5 s of CPU to generate, paid by the driver's check
+# and by the phase's load on every run, against a few ms to read.
+CACHE_ENV = "BNSEARCH_CACHE"
 
 
 @dataclass(frozen=True)
@@ -53,14 +64,18 @@ class Splits:
 
 _DATASETS: dict[str, Callable[..., Arrays]] = {}
 _DOWNLOADS: set[str] = set()  # loaded through Keras (TensorFlow, network): only a worker can check them
+_GENERATED: dict[str, str] = {}  # a generated dataset: the package whose version keys its cached arrays
 
 
-def register_dataset(loader: Callable[..., Arrays] | None = None, *, downloads: bool = False):
-    """Register ``loader`` under its name; ``downloads=True`` for loaders that need Keras or the network."""
+def register_dataset(loader: Callable[..., Arrays] | None = None, *, downloads: bool = False, generated_by: str | None = None):
+    """Register ``loader`` under its name; ``downloads=True`` for loaders that need Keras or the network;
+    ``generated_by``: the package that generates the data, whose arrays are then cached on disk."""
     def register(fn: Callable[..., Arrays]) -> Callable[..., Arrays]:
         _DATASETS[fn.__name__] = fn
         if downloads:
             _DOWNLOADS.add(fn.__name__)
+        if generated_by:
+            _GENERATED[fn.__name__] = generated_by
         return fn
 
     return register(loader) if loader else register
@@ -79,7 +94,7 @@ def check(name: str, options: dict) -> str | None:
         return None
     loader_options = {k: v for k, v in options.items() if k not in COMMON_PARAMETERS}
     try:
-        arrays = _DATASETS[name](**loader_options)  # not cached: the driver keeps no data for the sweep
+        arrays = _loaded(name, loader_options)  # not kept in memory: the driver keeps no data for the sweep
     except (OSError, ValueError, KeyError, TypeError, IndexError) as error:  # a missing file, a bad column, ...
         return f"{name} cannot be loaded: {error}"
     n = len(arrays.x_train)
@@ -117,7 +132,7 @@ def load(name: str, **options) -> Arrays:
 
 @functools.lru_cache(maxsize=4)
 def _load_cached(name: str, options: tuple) -> Arrays:
-    arrays = _DATASETS[name](**dict(options))
+    arrays = _loaded(name, dict(options))
     return Arrays(
         x_train=np.ascontiguousarray(arrays.x_train, dtype=np.float32),
         y_train=np.asarray(arrays.y_train, dtype=np.int32).reshape(-1),
@@ -125,6 +140,40 @@ def _load_cached(name: str, options: tuple) -> Arrays:
         y_test=np.asarray(arrays.y_test, dtype=np.int32).reshape(-1),
         num_classes=int(arrays.num_classes),
     )
+
+
+def _loaded(name: str, options: dict) -> Arrays:
+    """What the loader returns; a generated dataset's arrays read from the disk cache once made."""
+    if name not in _GENERATED:
+        return _DATASETS[name](**options)
+    path = cache_path(name, options)
+    try:
+        with np.load(path) as f:
+            return Arrays(f["x_train"], f["y_train"], f["x_test"], f["y_test"], int(f["num_classes"]))
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):  # not made yet, or not a whole cache file: make it
+        pass
+    arrays = _DATASETS[name](**options)
+    written = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as f:
+            written = f.name
+            np.savez(f, x_train=arrays.x_train, y_train=arrays.y_train, x_test=arrays.x_test, y_test=arrays.y_test,
+                     num_classes=arrays.num_classes)
+        os.replace(written, path)  # whole or not at all; processes making it at once each write their own
+    except OSError:  # nowhere to write: generated each time
+        if written:
+            with contextlib.suppress(OSError):
+                os.unlink(written)
+    return arrays
+
+
+def cache_path(name: str, options: dict) -> Path:
+    """Where a generated dataset's arrays are cached: by its options and its generator's version."""
+    root = os.environ.get(CACHE_ENV) or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "bnsearch"
+    defaults = {k: p.default for k, p in inspect.signature(_DATASETS[name]).parameters.items()}
+    key = json.dumps([name, sorted({**defaults, **options}.items()), metadata.version(_GENERATED[name])], default=str)
+    return Path(root) / "datasets" / f"{name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
 
 
 def split(arrays: Arrays, seed: int, validation_fraction: float = 0.1) -> Splits:
@@ -224,7 +273,7 @@ def digits(test_fraction: float = 0.2) -> Arrays:
     return _fixed_test_split(x, d.target, test_fraction, 10)
 
 
-@register_dataset
+@register_dataset(generated_by="mnist1d")
 def mnist1d(num_samples: int = 5000) -> Arrays:
     """MNIST-1D (Greydanus 2020), generated procedurally: 40-step sequences, 10 classes."""
     from mnist1d.data import get_dataset_args, make_dataset

@@ -1,3 +1,4 @@
+import atexit
 import glob
 import os
 import shutil
@@ -9,6 +10,9 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+if "BNSEARCH_CACHE" not in os.environ:  # generated datasets cached for this session only, never in ~/.cache
+    os.environ["BNSEARCH_CACHE"] = tempfile.mkdtemp(prefix="bnsearch-cache-")
+    atexit.register(shutil.rmtree, os.environ["BNSEARCH_CACHE"], ignore_errors=True)
 ROOT = Path(__file__).resolve().parents[1]
 # The real MNIST test set sits beside the checkout here and in CI, never in the repo.
 MNIST_IDX = Path(os.environ.get("BNSEARCH_MNIST_IDX", ROOT.parent / "shared" / "data" / "mnist-t10k"))

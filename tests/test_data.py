@@ -1,3 +1,4 @@
+import functools
 import gzip
 import struct
 
@@ -67,6 +68,58 @@ def test_mnist1d_generation_leaves_numpys_global_rng_alone():
     np.random.seed(123)
     data.load("mnist1d", num_samples=500)
     assert np.random.random() == expected
+
+
+@pytest.fixture
+def generator_calls(tmp_path, monkeypatch):
+    """MNIST-1D cached in a fresh folder; the list of the generator's calls."""
+    monkeypatch.setenv(data.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setattr(data, "_load_cached", functools.lru_cache(maxsize=4)(data._load_cached.__wrapped__))
+    calls, generate = [], data._DATASETS["mnist1d"]
+    monkeypatch.setitem(data._DATASETS, "mnist1d", functools.wraps(generate)(lambda **o: calls.append(o) or generate(**o)))
+    return calls
+
+
+def assert_same_arrays(a, b):
+    for field in ("x_train", "y_train", "x_test", "y_test", "num_classes"):
+        np.testing.assert_array_equal(getattr(a, field), getattr(b, field))
+
+
+def test_a_generated_dataset_is_made_once_then_read_back_from_the_disk_cache(generator_calls):
+    made = data.load("mnist1d", num_samples=300)
+    data._load_cached.cache_clear()  # as a new process would: nothing in memory
+    assert data.check("mnist1d", {"num_samples": 300}) is None
+    read = data.load("mnist1d", num_samples=300)
+    assert len(generator_calls) == 1
+    assert_same_arrays(made, read)
+    assert read.x_train.dtype == np.float32 and read.y_train.dtype == np.int32
+
+
+def test_the_cache_is_keyed_by_the_options_a_loader_resolves(generator_calls):
+    assert data.cache_path("mnist1d", {}) == data.cache_path("mnist1d", {"num_samples": 5000})
+    assert data.cache_path("mnist1d", {"num_samples": 300}) != data.cache_path("mnist1d", {})
+    data.load("mnist1d", num_samples=300)
+    data.load("mnist1d", num_samples=400)
+    assert len(generator_calls) == 2
+
+
+def test_a_corrupt_cache_file_is_made_again_and_replaced(generator_calls):
+    path = data.cache_path("mnist1d", {"num_samples": 300})
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"PK not a whole npz")  # e.g. a disk that filled up mid-write by another tool
+    made = data.load("mnist1d", num_samples=300)
+    assert len(generator_calls) == 1
+    with np.load(path) as f:
+        np.testing.assert_array_equal(f["x_train"].astype(np.float32), made.x_train)
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary file left behind
+
+
+def test_an_unwritable_cache_still_gives_the_data(generator_calls, tmp_path, monkeypatch):
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv(data.CACHE_ENV, str(tmp_path / "a-file" / "cache"))  # mkdir fails: not a directory
+    assert data.check("mnist1d", {"num_samples": 300}) is None
+    assert len(data.load("mnist1d", num_samples=300).x_train) == 240
+    assert len(generator_calls) == 2
 
 
 def test_real_mnist_test_set(mnist_idx_dir):
