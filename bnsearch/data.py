@@ -119,8 +119,11 @@ def list_datasets() -> list[str]:
 
 def dataset_parameters(name: str) -> dict[str, object]:
     """Options a dataset takes: its loader's own plus ``validation_fraction``/``image_size``."""
-    params = inspect.signature(_DATASETS[name]).parameters
-    return {**{k: p.default for k, p in params.items()}, **COMMON_PARAMETERS}
+    return {**_loader_defaults(name), **COMMON_PARAMETERS}
+
+
+def _loader_defaults(name: str) -> dict[str, object]:
+    return {k: p.default for k, p in inspect.signature(_DATASETS[name]).parameters.items()}
 
 
 def load(name: str, **options) -> Arrays:
@@ -171,8 +174,7 @@ def _loaded(name: str, options: dict) -> Arrays:
 def cache_path(name: str, options: dict) -> Path:
     """Where a generated dataset's arrays are cached: by its options and its generator's version."""
     root = os.environ.get(CACHE_ENV) or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "bnsearch"
-    defaults = {k: p.default for k, p in inspect.signature(_DATASETS[name]).parameters.items()}
-    key = json.dumps([name, sorted({**defaults, **options}.items()), metadata.version(_GENERATED[name])], default=str)
+    key = json.dumps([name, sorted({**_loader_defaults(name), **options}.items()), metadata.version(_GENERATED[name])], default=str)
     return Path(root) / "datasets" / f"{name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
 
 
