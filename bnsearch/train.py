@@ -51,8 +51,9 @@ TEST_CORRECT_FILE = results.TEST_CORRECT_FILE
 # within 5% of the way from chance (the majority class) to perfect, and training loss at 98% or
 # more of the loss of predicting the class frequencies (ln K for K balanced classes). A run
 # collapses when it is at chance after an epoch in which it had learned (accuracy more than
-# twice that margin above chance), or at the end of its budget: so a slow start, a warmup or a
-# plateau before learning never counts, and a run that learns by its last epoch never does.
+# twice that margin above chance), or at the end of its budget if its final weights are at chance
+# on the validation set too: so a slow start, a warmup or a plateau before learning never counts,
+# and a run that learns by its last epoch never does, even where its last epoch's average lags.
 COLLAPSE_ACCURACY_MARGIN, COLLAPSE_LOSS_FRACTION = 0.05, 0.98
 # A train_function call this many times slower than the median call of its epoch was tracing.
 TRACE_FACTOR = 3
@@ -327,21 +328,30 @@ class EpochReporter:
         self.last: dict[str, float] = {}
         self._checkpointed = time.perf_counter()
 
-    def collapsed(self, epoch: int, logs: dict[str, float]) -> bool:
+    def at_chance(self, accuracy: float, loss: float) -> bool:
         chance_accuracy, chance_loss = self.chance
-        accuracy = logs.get("accuracy", 1.0)
+        return accuracy <= chance_accuracy + COLLAPSE_ACCURACY_MARGIN * (1 - chance_accuracy) and loss >= COLLAPSE_LOSS_FRACTION * chance_loss
+
+    def collapsed(self, logs: dict[str, float]) -> bool:
+        """Back at chance over this epoch after an epoch in which it had learned (the run stops here)."""
+        chance_accuracy, _ = self.chance
         learned = self.state.get("best_accuracy", 0.0) > chance_accuracy + 2 * COLLAPSE_ACCURACY_MARGIN * (1 - chance_accuracy)
-        self.state["best_accuracy"] = max(self.state.get("best_accuracy", 0.0), accuracy)
-        at_chance = accuracy <= chance_accuracy + COLLAPSE_ACCURACY_MARGIN * (1 - chance_accuracy) and \
-            logs.get("loss", 0.0) >= COLLAPSE_LOSS_FRACTION * chance_loss
-        return at_chance and (learned or epoch + 1 >= self.max_epochs)
+        self.state["best_accuracy"] = max(self.state.get("best_accuracy", 0.0), logs.get("accuracy", 1.0))
+        return learned and self.at_chance(logs.get("accuracy", 1.0), logs.get("loss", 0.0))
+
+    def never_learned(self, logs: dict[str, float], evaluated: dict[str, float]) -> bool:
+        """At the end of its budget, at chance over its last epoch and its final weights at chance
+        on the validation set. The epoch's average alone lags: a run that starts learning late in
+        a short budget averages near chance while its final weights have learned."""
+        return self.at_chance(logs.get("accuracy", 1.0), logs.get("loss", 0.0)) and \
+            self.at_chance(evaluated.get("val_accuracy", 1.0), evaluated.get("val_loss", 0.0))
 
     def epoch_end(self, epoch: int, logs: dict[str, float], seconds: float, tracing_s: float) -> bool:
         """Report epoch ``epoch`` (0-based); True when the run ends here."""
         self.state["epoch"] = epoch + 1
         self.state["train_time_s"] += seconds
         diverged = not math.isfinite(logs.get("loss", math.nan))
-        collapsed = not diverged and self.collapsed(epoch, logs)
+        collapsed = not diverged and self.collapsed(logs)
         metrics = {k: logs[k] for k in ("loss", "accuracy") if k in logs}
         metrics.update(
             epoch=epoch + 1, epoch_time_s=seconds, samples_per_s=self.n_train / max(seconds, 1e-9),
@@ -351,6 +361,8 @@ class EpochReporter:
         if tracing_s:
             metrics["trace_time_s"] = tracing_s
         metrics.update(self.evaluator.evaluate(final, diverged))
+        if final and not (diverged or collapsed) and self.never_learned(logs, metrics):
+            metrics["collapsed"] = 1.0
         if final:
             if self.keep:
                 self.keep(self.evaluator.files)  # before the last report: the driver closes the run on it

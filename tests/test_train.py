@@ -179,13 +179,24 @@ def test_a_run_that_does_not_learn_is_collapsed_not_finished():
 def test_the_collapse_rule_spares_slow_starts_and_stops_a_run_that_learned_then_died():
     def reporter(max_epochs):
         return train.EpochReporter(None, 1, {"epoch": 0, "train_time_s": 0.0}, max_epochs, None, chance=(0.1, math.log(10)))
+    at_chance, learned = {"accuracy": 0.11, "loss": 2.30}, {"val_accuracy": 0.35, "val_loss": 2.0}
     slow = reporter(10)
-    assert not any(slow.collapsed(e, {"accuracy": 0.11, "loss": 2.30}) for e in range(9))  # not yet learning
-    assert slow.collapsed(9, {"accuracy": 0.11, "loss": 2.30})  # still at chance at the end of its budget
+    assert not any(slow.collapsed(at_chance) for _ in range(10))  # not yet learning
+    assert slow.never_learned(at_chance, {"val_accuracy": 0.11, "val_loss": 2.30})  # still at chance at the end of its budget
+    assert not slow.never_learned(at_chance, learned)  # its last epoch's average lags: the final weights learned
+    assert not slow.never_learned({"accuracy": 0.3, "loss": 2.0}, {"val_accuracy": 0.11, "val_loss": 2.30})
     died = reporter(10)
-    assert not died.collapsed(0, {"accuracy": 0.6, "loss": 1.2})
-    assert not died.collapsed(1, {"accuracy": 0.11, "loss": 1.9})  # the loss says it still discriminates
-    assert died.collapsed(2, {"accuracy": 0.11, "loss": 2.30})
+    assert not died.collapsed({"accuracy": 0.6, "loss": 1.2})
+    assert not died.collapsed({"accuracy": 0.11, "loss": 1.9})  # the loss says it still discriminates
+    assert died.collapsed(at_chance)
+
+
+def test_a_run_that_learns_late_in_its_only_epoch_is_not_collapsed():
+    # Adam at 1e-3 without BN: its one epoch averages at chance, its final weights have learned.
+    final, _ = fit({**CONFIG, "bn_placement": "none", "optimizer": "adam", "learning_rate": 0.001, "seed": 2}, epochs=1)
+    chance_loss = train.COLLAPSE_LOSS_FRACTION * math.log(10)
+    assert final["accuracy"] < 0.1 + 0.9 * train.COLLAPSE_ACCURACY_MARGIN and final["loss"] > chance_loss  # the epoch: at chance
+    assert final["val_accuracy"] > 0.2 and final["collapsed"] == 0.0 and "test_accuracy" in final
 
 
 def test_precise_statistics_measure_the_network_where_lagging_moving_ones_measure_the_lag():
