@@ -328,23 +328,24 @@ class EpochReporter:
         self.last: dict[str, float] = {}
         self._checkpointed = time.perf_counter()
 
-    def at_chance(self, accuracy: float, loss: float) -> bool:
+    def at_chance(self, metrics: dict[str, float], prefix: str = "") -> bool:
+        """Whether ``metrics``' ``{prefix}accuracy`` and ``{prefix}loss`` are both at chance."""
         chance_accuracy, chance_loss = self.chance
-        return accuracy <= chance_accuracy + COLLAPSE_ACCURACY_MARGIN * (1 - chance_accuracy) and loss >= COLLAPSE_LOSS_FRACTION * chance_loss
+        return metrics.get(f"{prefix}accuracy", 1.0) <= chance_accuracy + COLLAPSE_ACCURACY_MARGIN * (1 - chance_accuracy) and \
+            metrics.get(f"{prefix}loss", 0.0) >= COLLAPSE_LOSS_FRACTION * chance_loss
 
     def collapsed(self, logs: dict[str, float]) -> bool:
         """Back at chance over this epoch after an epoch in which it had learned (the run stops here)."""
         chance_accuracy, _ = self.chance
         learned = self.state.get("best_accuracy", 0.0) > chance_accuracy + 2 * COLLAPSE_ACCURACY_MARGIN * (1 - chance_accuracy)
         self.state["best_accuracy"] = max(self.state.get("best_accuracy", 0.0), logs.get("accuracy", 1.0))
-        return learned and self.at_chance(logs.get("accuracy", 1.0), logs.get("loss", 0.0))
+        return learned and self.at_chance(logs)
 
     def never_learned(self, logs: dict[str, float], evaluated: dict[str, float]) -> bool:
         """At the end of its budget, at chance over its last epoch and its final weights at chance
         on the validation set. The epoch's average alone lags: a run that starts learning late in
         a short budget averages near chance while its final weights have learned."""
-        return self.at_chance(logs.get("accuracy", 1.0), logs.get("loss", 0.0)) and \
-            self.at_chance(evaluated.get("val_accuracy", 1.0), evaluated.get("val_loss", 0.0))
+        return self.at_chance(logs) and self.at_chance(evaluated, "val_")
 
     def epoch_end(self, epoch: int, logs: dict[str, float], seconds: float, tracing_s: float) -> bool:
         """Report epoch ``epoch`` (0-based); True when the run ends here."""
