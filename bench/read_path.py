@@ -202,6 +202,27 @@ def followed(uri: str) -> dict:
     return {"followed_report_us": 1e6 * kept_s / reports, "followed_table_s": table_s, "followed_table_calls": dict(counter.calls)}
 
 
+def run(runs: int = 10_000, epochs: int = 10, store: Path | None = None, old_sample: int = 20) -> dict:
+    """The figures above, on the store kept in ``store`` (built there first unless it already
+    holds one of this size; without ``store``, in a temporary directory)."""
+    with tempfile.TemporaryDirectory(prefix="bnsearch-read-") as tmp:
+        storage = (store or Path(tmp)).resolve()
+        made = storage / "runs.json"
+        build_s = None
+        if not (made.is_file() and json.loads(made.read_text()) == {"runs": runs, "epochs": epochs}):
+            if (storage / "mlflow.db").exists():
+                raise SystemExit(f"--store {storage} holds another store; give an empty directory")
+            storage.mkdir(parents=True, exist_ok=True)
+            start = time.perf_counter()
+            build_store(storage, runs, epochs)
+            build_s = time.perf_counter() - start
+        return {"epochs": epochs, "build_s": build_s, **measure(storage, runs, old_sample)}
+
+
+def calls_per_trial(figures: dict, part: str) -> float:
+    return sum(figures[f"{part}_calls"].values()) / figures["runs"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=10_000)
@@ -209,24 +230,13 @@ def main() -> None:
     parser.add_argument("--store", type=Path, help="where the synthetic store is kept (reused if it has --runs runs)")
     parser.add_argument("--old-sample", type=int, default=20, help="runs read the old way (one request per metric)")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="bnsearch-read-") as tmp:
-        storage = (args.store or Path(tmp)).resolve()
-        made = storage / "runs.json"
-        build_s = None
-        if not (made.is_file() and json.loads(made.read_text()) == {"runs": args.runs, "epochs": args.epochs}):
-            if (storage / "mlflow.db").exists():
-                raise SystemExit(f"--store {storage} holds another store; give an empty directory")
-            storage.mkdir(parents=True, exist_ok=True)
-            start = time.perf_counter()
-            build_store(storage, args.runs, args.epochs)
-            build_s = time.perf_counter() - start
-        figures = {"build_s": build_s, **measure(storage, args.runs, args.old_sample)}
-    per_trial = lambda calls: sum(calls.values()) / args.runs  # noqa: E731
+    figures = run(args.runs, args.epochs, args.store, args.old_sample)
+    build_s = figures["build_s"]
     print(f"store: {args.runs} trial runs x {args.epochs} epochs x {len(METRICS)} metrics"
           + (f" (built in {build_s:.0f} s)" if build_s else " (reused)"))
-    print(f"report rebuild (bnsearch report):   {figures['report_s']:7.1f} s, {per_trial(figures['report_calls']):.2f} client calls per trial "
+    print(f"report rebuild (bnsearch report):   {figures['report_s']:7.1f} s, {calls_per_trial(figures, 'report'):.2f} client calls per trial "
           f"{figures['report_calls']}")
-    print(f"results table, now:                 {figures['table_s']:7.1f} s, {per_trial(figures['table_calls']):.2f} calls per trial, "
+    print(f"results table, now:                 {figures['table_s']:7.1f} s, {calls_per_trial(figures, 'table'):.2f} calls per trial, "
           f"{figures['table_rows']} rows")
     print(f"results table, one call per metric: {figures['old_table_s_scaled']:7.1f} s (scaled from {args.old_sample} runs: "
           f"{1000 * figures['old_per_run_s']:.0f} ms and {figures['old_calls_per_run']:.0f} calls per run)")
