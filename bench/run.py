@@ -223,15 +223,16 @@ def table(f: dict) -> str:
                      f"slot-s: {parts}"))
         rows.append((f"dry run {name}: wall", f"{d['wall_s']:.0f} s", "<= 130 s" if name == "placement" else "-",
                      f"{d['trials']} trials, {d['epochs']} epochs"))
-    if "tiny_trials" in f:
+    if "tiny_trials" in f:  # the targets are for 1,000 trials and 10,000 runs: start-up weighs more on fewer
         tiny = f["tiny_trials"]
-        rows.append((f"{tiny['trials']:,} tiny trials: overhead per trial", f"{tiny['overhead_slot_s_per_trial']:.3f}", "<= 0.1",
+        rows.append((f"{tiny['trials']:,} tiny trials: overhead per trial", f"{tiny['overhead_slot_s_per_trial']:.3f}",
+                     "<= 0.1" if tiny["trials"] >= 1000 else "-",
                      f"slot-s over the floor; wall {tiny['wall_s']:.0f} s, work {tiny['work_s']:.0f} s, tracked"))
     if "read_path" in f:
         import read_path
 
         r = f["read_path"]
-        rows.append((f"report rebuild, {r['runs']:,}-run store", f"{r['report_s']:.0f} s", "<= 60 s",
+        rows.append((f"report rebuild, {r['runs']:,}-run store", f"{r['report_s']:.0f} s", "<= 60 s" if r["runs"] >= 10_000 else "-",
                      f"{read_path.calls_per_trial(r, 'report'):.2f} client calls per trial"))
     if "search" in f:
         for name, r in f["search"]["strategies"].items():
