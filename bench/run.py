@@ -15,10 +15,11 @@ side by side in one run on this machine. Prints a table and writes the figures a
 - the shipped dry runs (bench/dry_runs.py: placement, bn_vs_none) as a user runs them: wall
   time and the honest efficiency, useful work = epochs x each trial's steady epoch time
   (tracing, start-up, evaluation all overhead), with the breakdown; also for the MLP trials;
-- scale (about 20 minutes; --quick: 200 trials and 1,000 runs): 1,000 tiny trials through the Tune
-  path, tracked (bench/many_trials.py: overhead in slot-seconds per trial over the floor), and the
-  report rebuilt from a synthetic 10,000-run store (bench/read_path.py, with client calls per
-  trial; ``--store DIR`` keeps the store, whose build is most of this part, for the next run).
+- scale (about 10 minutes, 8 of them building the store; --quick: 200 trials, 1,000 runs):
+  1,000 tiny trials through the Tune path, tracked (bench/many_trials.py: overhead in
+  slot-seconds per trial over the floor), and the report rebuilt from a synthetic 10,000-run
+  store (bench/read_path.py, with client calls per trial; ``--store DIR`` keeps the store for
+  the next run).
 
 Workload: an MLP (256-256, BN before ReLU, Adam, batch 32) on MNIST-1D with 20,000 samples
 (generated, offline), learning rates from a fixed grid, one CPU per trial.
