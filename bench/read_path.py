@@ -205,8 +205,8 @@ def followed(uri: str) -> dict:
 def run(runs: int = 10_000, epochs: int = 10, store: Path | None = None, old_sample: int = 20) -> dict:
     """The figures above, on the store kept in ``store`` (built there first unless it already
     holds one of this size; without ``store``, in a temporary directory)."""
-    with tempfile.TemporaryDirectory(prefix="bnsearch-read-") as tmp:
-        storage = (store or Path(tmp)).resolve()
+    with contextlib.nullcontext(store) if store else tempfile.TemporaryDirectory(prefix="bnsearch-read-") as where:
+        storage = Path(where).resolve()
         made = storage / "runs.json"
         build_s = None
         if not (made.is_file() and json.loads(made.read_text()) == {"runs": runs, "epochs": epochs}):
@@ -216,11 +216,10 @@ def run(runs: int = 10_000, epochs: int = 10, store: Path | None = None, old_sam
             start = time.perf_counter()
             build_store(storage, runs, epochs)
             build_s = time.perf_counter() - start
-        return {"epochs": epochs, "build_s": build_s, **measure(storage, runs, old_sample)}
-
-
-def calls_per_trial(figures: dict, part: str) -> float:
-    return sum(figures[f"{part}_calls"].values()) / figures["runs"]
+        figures = {"epochs": epochs, "build_s": build_s, **measure(storage, runs, old_sample)}
+    for part in ("report", "table"):
+        figures[f"{part}_calls_per_trial"] = sum(figures[f"{part}_calls"].values()) / runs
+    return figures
 
 
 def main() -> None:
@@ -234,9 +233,9 @@ def main() -> None:
     build_s = figures["build_s"]
     print(f"store: {args.runs} trial runs x {args.epochs} epochs x {len(METRICS)} metrics"
           + (f" (built in {build_s:.0f} s)" if build_s else " (reused)"))
-    print(f"report rebuild (bnsearch report):   {figures['report_s']:7.1f} s, {calls_per_trial(figures, 'report'):.2f} client calls per trial "
+    print(f"report rebuild (bnsearch report):   {figures['report_s']:7.1f} s, {figures['report_calls_per_trial']:.2f} client calls per trial "
           f"{figures['report_calls']}")
-    print(f"results table, now:                 {figures['table_s']:7.1f} s, {calls_per_trial(figures, 'table'):.2f} calls per trial, "
+    print(f"results table, now:                 {figures['table_s']:7.1f} s, {figures['table_calls_per_trial']:.2f} calls per trial, "
           f"{figures['table_rows']} rows")
     print(f"results table, one call per metric: {figures['old_table_s_scaled']:7.1f} s (scaled from {args.old_sample} runs: "
           f"{1000 * figures['old_per_run_s']:.0f} ms and {figures['old_calls_per_run']:.0f} calls per run)")
