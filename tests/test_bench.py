@@ -49,3 +49,30 @@ def test_useful_work_is_epochs_times_the_steady_epoch_and_the_rest_is_overhead()
     figures = dry_runs.breakdown(pd.DataFrame(rows), wall_s=50.0, slots=2)
     assert figures["slot_s"] == {"useful": 13.0, "first epochs": 32.0, "evaluation": 3.0, "recalibration": 3.0, "rest": 49.0}
     assert figures["efficiency"] == 13.0 / 100 and figures["trials"] == 2 and figures["epochs"] == 4
+
+
+def test_the_store_without_the_scale_part_is_refused_before_anything_runs(tmp_path, monkeypatch):
+    import pytest
+    import run
+
+    monkeypatch.setattr(run, "measure_into", lambda figures, args: pytest.fail("measured despite the bad flags"))
+    with pytest.raises(SystemExit) as exit_:
+        run.main(["--skip-scale", "--store", str(tmp_path), "--out", str(tmp_path / "out.json")])
+    assert exit_.value.code == 2
+
+
+def test_a_part_that_fails_keeps_what_the_others_measured(tmp_path, monkeypatch):
+    import json
+
+    import pytest
+    import run
+
+    def measured_then_failed(figures, args):
+        figures["throughput"] = {"ratio": 1.0}
+        raise RuntimeError("a bench process failed")
+
+    monkeypatch.setattr(run, "measure_into", measured_then_failed)
+    out = tmp_path / "out.json"
+    with pytest.raises(RuntimeError):
+        run.main(["--out", str(out)])
+    assert json.loads(out.read_text())["throughput"] == {"ratio": 1.0}
