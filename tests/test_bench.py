@@ -1,12 +1,15 @@
 """The benchmark harness's own logic (bench/ is not a package: loaded by path). The timings
 themselves live in BENCHMARKS.md, never in tests."""
 
+import json
 import sys
 from pathlib import Path
 
 import optuna
+import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+import run  # noqa: E402
 import search_efficiency  # noqa: E402
 
 GRID = {"learning_rate": (0.1, 0.01, 0.001), "batch_size": (32, 128)}
@@ -52,9 +55,6 @@ def test_useful_work_is_epochs_times_the_steady_epoch_and_the_rest_is_overhead()
 
 
 def test_the_store_without_the_scale_part_is_refused_before_anything_runs(tmp_path, monkeypatch):
-    import pytest
-    import run
-
     monkeypatch.setattr(run, "measure_into", lambda figures, args: pytest.fail("measured despite the bad flags"))
     with pytest.raises(SystemExit) as exit_:
         run.main(["--skip-scale", "--store", str(tmp_path), "--out", str(tmp_path / "out.json")])
@@ -62,11 +62,6 @@ def test_the_store_without_the_scale_part_is_refused_before_anything_runs(tmp_pa
 
 
 def test_a_part_that_fails_keeps_what_the_others_measured(tmp_path, monkeypatch):
-    import json
-
-    import pytest
-    import run
-
     def measured_then_failed(figures, args):
         figures["throughput"] = {"ratio": 1.0}
         raise RuntimeError("a bench process failed")
