@@ -249,6 +249,18 @@ def test_a_run_of_one_epoch_writes_no_history_file_and_reads_back_with_no_reques
     assert "get_metric_history" not in counting.calls
 
 
+def test_a_trials_files_reach_its_run_whole_with_no_request_to_the_store(tmp_path):
+    t = tracker(tmp_path)
+    run = tracking.TrialRun.open(t.tracking_uri, t.experiment_id, t.parent_run_id, trial("a"))
+    run.client = counting = CountingClient(run.client)
+    run.log_files({"test_correct.npz": b"first", "notes.txt": b"x"})
+    run.log_files({"test_correct.npz": b"second"})  # written again: replaced
+    assert counting.calls == {}  # MLflow's own upload looks the run up first
+    client = MlflowClient(t.tracking_uri)
+    assert sorted(a.path for a in client.list_artifacts(run.run_id)) == ["notes.txt", "test_correct.npz"]  # nothing partial left
+    assert Path(client.download_artifacts(run.run_id, "test_correct.npz", str(tmp_path))).read_bytes() == b"second"
+
+
 def test_a_driver_following_its_trials_reports_has_the_table_mlflow_gives_without_reading_it(tmp_path):
     """What the trials report is what they logged: the driver keeps its records from the reports
     (a run from before it started read once), and they give the table MLflow gives a new reader."""

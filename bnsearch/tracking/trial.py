@@ -6,7 +6,6 @@ import atexit
 import json
 import os
 import sys
-import tempfile
 import threading
 import time
 import weakref
@@ -23,6 +22,7 @@ from bnsearch.identity import TrialId
 from bnsearch.spec import COMPLETED
 from bnsearch.tracking.store import (
     HISTORY_FILE, RETRY_TIMEOUT_S, UNREACHABLE, as_params, as_stored, encode_history, find_run, first_epoch_only, run_history, transient, with_retries,
+    write_artifacts,
 )
 
 PENDING_FILE = "pending_metrics.json"
@@ -129,14 +129,12 @@ class TrialRun:
         self._start_sender()
 
     def log_files(self, files: Mapping[str, bytes], timeout_s: float | None = None) -> None:
-        """Log each ``{name: content}`` as an artifact of this run, in one upload, retried for at
-        most ``timeout_s`` (default: the retry timeout)."""
-        if not files:
-            return
-        with tempfile.TemporaryDirectory() as tmp:
-            for name, content in files.items():
-                (Path(tmp) / name).write_bytes(content)
-            with_retries(lambda: self.client.log_artifacts(self.run_id, tmp), f"logging the files of run {self.run_id}", timeout_s)
+        """Log each ``{name: content}`` as an artifact of this run, no request to the tracking
+        store (a server's artifact store takes one upload), retried for at most ``timeout_s``
+        (default: the retry timeout)."""
+        if files:
+            with_retries(lambda: write_artifacts(self.client, self.run.info.artifact_uri, files),
+                         f"logging the files of run {self.run_id}", timeout_s)
 
     def flush(self, timeout_s: float | None = None) -> None:
         """Wait until everything queued is in the store, at most ``timeout_s`` (default: the
