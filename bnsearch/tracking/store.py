@@ -180,7 +180,7 @@ def write_artifacts(client: MlflowClient, artifact_uri: str, files: Mapping[str,
         directory = Path(url2pathname(location.path))
         directory.mkdir(parents=True, exist_ok=True)
         for name, content in files.items():
-            partial = directory / f".{name}.partial"
+            partial = directory / f".{name}.{os.getpid()}.partial"  # a process's own: a retried trial's may race it
             partial.write_bytes(content)
             os.replace(partial, directory / name)
         return
