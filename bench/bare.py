@@ -26,7 +26,7 @@ def fit(config: dict, epochs: int, splits) -> dict:
     keras.utils.set_random_seed(int(config["seed"]))
     batch = int(config["batch_size"])
     model = compiled.build_model("mlp", config, splits.input_shape, splits.num_classes)
-    compiled.compile_model(model, config)
+    compiled.compile_model(model, compiled.make_optimizer(config))
     times = []
     timer = keras.callbacks.LambdaCallback(on_epoch_begin=lambda e, l: times.append(time.perf_counter()),
                                            on_epoch_end=lambda e, l: times.append(time.perf_counter()))

@@ -125,13 +125,15 @@ def learning_rate(config: Mapping[str, Any], steps_per_epoch: int | None = None,
     return WarmupCosine(peak, warmup_steps, decay_steps, alpha=0.0 if schedule == "cosine" and steps_per_epoch and epochs else 1.0)
 
 
-def compile_model(keras_model, config: Mapping[str, Any], steps_per_epoch: int | None = None, epochs: int | None = None) -> None:
+def make_optimizer(config: Mapping[str, Any], steps_per_epoch: int | None = None, epochs: int | None = None):
     lr = learning_rate(config, steps_per_epoch, epochs)
     weight_decay = get(config, "weight_decay") or None
     if get(config, "optimizer") == "sgd":
-        optimizer = SGD(lr, momentum=get(config, "sgd_momentum"), weight_decay=weight_decay)
-    else:
-        optimizer = Adam(lr, weight_decay=weight_decay)
+        return SGD(lr, momentum=get(config, "sgd_momentum"), weight_decay=weight_decay)
+    return Adam(lr, weight_decay=weight_decay)
+
+
+def compile_model(keras_model, optimizer) -> None:
     keras_model.compile(
         optimizer=optimizer,
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -158,10 +160,10 @@ class Compiled:
             model.optimizer.build(model.trainable_variables)
         return cls(model, infer, TrainModePass(model) if bn_layers(model) else None)
 
-    def take(self, fresh) -> bool:
-        """Become ``fresh`` (built and compiled, never trained, the same structure): its
-        variables, a new optimizer's state (zeros: Keras' SGD and Adam start their slots and step
-        count at zero) and every tunable value. False, changing nothing, if the variables differ."""
+    def take(self, fresh, optimizer) -> bool:
+        """Become ``fresh`` (built, never trained, the same structure) with ``optimizer`` (new):
+        its variables, a new optimizer's state (zeros: Keras' SGD and Adam start their slots and
+        step count at zero) and every tunable value. False, changing nothing, if the variables differ."""
         mine, theirs = self.model.variables, fresh.variables
         if len(mine) != len(theirs) or any(a.shape != b.shape or a.dtype != b.dtype for a, b in zip(mine, theirs)):
             return False
@@ -170,7 +172,7 @@ class Compiled:
         for variable in self.model.optimizer.variables:
             variable.assign(tf.zeros_like(variable))
         pairs = [*zip(self.model._flatten_layers(), fresh._flatten_layers()),  # every layer, nested ones too
-                 (self.model.optimizer, fresh.optimizer), (self.model.optimizer._learning_rate, fresh.optimizer._learning_rate)]
+                 (self.model.optimizer, optimizer), (self.model.optimizer._learning_rate, optimizer._learning_rate)]
         for target, source in pairs:
             if isinstance(source, Tunable):
                 copy_values(target, source)
@@ -192,10 +194,11 @@ def model_for(model: str, config: Mapping[str, Any], input_shape, num_classes: i
     """The compiled ``model`` for ``config``, with the initial weights of ``config``'s seed
     (set it before calling): a kept one of the same structure, else this fresh build."""
     fresh = build_model(model, config, input_shape, num_classes)
-    compile_model(fresh, config, steps_per_epoch, epochs)
+    optimizer = make_optimizer(config, steps_per_epoch, epochs)
     key = structure(model, config, input_shape, num_classes)
     kept = _kept.pop(key, None)
-    if kept is None or not kept.take(fresh):
+    if kept is None or not kept.take(fresh, optimizer):
+        compile_model(fresh, optimizer)  # only now: compiling costs about a quarter of a small MLP's build
         kept = Compiled.of(fresh)
     _kept[key] = kept
     if len(_kept) > KEPT_MODELS:

@@ -26,7 +26,7 @@ def mlp(placement="before", momentum=0.9, seed=0):
 
 def fit(model, epochs=4):
     shuffled, _, val = datasets()
-    compiled.compile_model(model, {"learning_rate": 0.01})
+    compiled.compile_model(model, compiled.make_optimizer({"learning_rate": 0.01}))
     model.fit(shuffled, validation_data=val, epochs=epochs, verbose=0, shuffle=False)
     return model
 

@@ -228,7 +228,7 @@ def test_evaluation_leaves_the_model_as_training_left_it():
     moving statistics: every non-trainable variable must be back, bit for bit, afterwards."""
     splits = train.datasets.split(train.datasets.load("digits"), 0, 0.1)
     model = compiled.build_model("mlp", {"bn_placement": "before", "hidden_sizes": (16,)}, splits.input_shape, splits.num_classes)
-    compiled.compile_model(model, {})
+    compiled.compile_model(model, compiled.make_optimizer({}))
     model.fit(train.datasets.tf_dataset(*splits.train, 64), epochs=1, verbose=0)
     before = [v.numpy().copy() for v in model.variables]
     train.Evaluator(compiled.Compiled.of(model), splits, 64, None, "precise").evaluate(final=True, diverged=False)
@@ -239,7 +239,7 @@ def test_larger_inference_batches_score_what_training_sized_ones_do(monkeypatch)
     """Inference is per example: the evaluation's larger batches change how many calls, not a score."""
     splits = train.datasets.split(train.datasets.load("digits"), 0, 0.1)
     model = compiled.build_model("mlp", {"bn_placement": "before", "hidden_sizes": (16,)}, splits.input_shape, splits.num_classes)
-    compiled.compile_model(model, {})
+    compiled.compile_model(model, compiled.make_optimizer({}))
     model.fit(train.datasets.tf_dataset(*splits.train, 32), epochs=1, verbose=0)
     trained = compiled.Compiled.of(model)
 
