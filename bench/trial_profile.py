@@ -47,7 +47,7 @@ def timed_parts(totals: dict[str, float]):
         "MLflow: open the run": (TrialRun, "open"),
         "MLflow: queue metrics": (TrialRun, "log_epoch"),
         "MLflow: files": (TrialRun, "log_files"),
-        "MLflow: finish (flush, history, status)": (TrialRun, "finish"),
+        "MLflow: finish (the metrics sent, the history file)": (TrialRun, "finish"),
     }
     for part, (owner, name) in parts.items():
         original = getattr(owner, name)
