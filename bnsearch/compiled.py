@@ -198,7 +198,7 @@ def model_for(model: str, config: Mapping[str, Any], input_shape, num_classes: i
     key = structure(model, config, input_shape, num_classes)
     kept = _kept.pop(key, None)
     if kept is None or not kept.take(fresh, optimizer):
-        compile_model(fresh, optimizer)  # only now: compiling costs about a quarter of a small MLP's build
+        compile_model(fresh, optimizer)  # only now: a kept model takes the build uncompiled
         kept = Compiled.of(fresh)
     _kept[key] = kept
     if len(_kept) > KEPT_MODELS:

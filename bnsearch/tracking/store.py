@@ -157,14 +157,20 @@ def as_stored(value: float) -> float:
     return math.copysign(sys.float_info.max, value) if math.isinf(value) else value
 
 
+def local_directory(artifact_uri: str) -> Path | None:
+    """Where a run's artifacts lie, if that is this file system."""
+    location = urlparse(artifact_uri)
+    return Path(url2pathname(location.path)) if location.scheme in ("", "file") else None
+
+
 def read_artifact(client: MlflowClient, artifact_uri: str, name: str) -> bytes:
     """One file of a run, from the run's artifact location straight (the client's own download
     first looks the run up again: two more requests per file). A local location's file is read
     where it lies (a download copies it through a temporary directory: 4.6 ms a file against
     0.05 ms); the client's tracking URI resolves a server's ``mlflow-artifacts:`` locations."""
-    location = urlparse(artifact_uri)
-    if location.scheme in ("", "file"):
-        return (Path(url2pathname(location.path)) / name).read_bytes()
+    directory = local_directory(artifact_uri)
+    if directory:
+        return (directory / name).read_bytes()
     with tempfile.TemporaryDirectory() as tmp:
         repository = get_artifact_repository(artifact_uri, tracking_uri=client.tracking_uri)
         return Path(repository.download_artifacts(name, tmp)).read_bytes()
@@ -175,9 +181,8 @@ def write_artifacts(client: MlflowClient, artifact_uri: str, files: Mapping[str,
     :func:`read_artifact` reads them (the client's own upload first looks the run up: on a local
     SQLite store 5.1 ms for a small file against 0.5 ms). A local file is written beside its
     place and renamed into it, so that a reader never finds part of one."""
-    location = urlparse(artifact_uri)
-    if location.scheme in ("", "file"):
-        directory = Path(url2pathname(location.path))
+    directory = local_directory(artifact_uri)
+    if directory:
         directory.mkdir(parents=True, exist_ok=True)
         for name, content in files.items():
             partial = directory / f".{name}.{os.getpid()}.partial"  # a process's own: a retried trial's may race it
