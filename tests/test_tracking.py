@@ -346,6 +346,37 @@ def test_training_does_not_wait_for_the_store_and_nothing_queued_is_lost(tmp_pat
     assert sorted(steps) == list(range(1, 11))
 
 
+def test_fast_epochs_share_a_request_and_still_reach_the_store_soon(tmp_path, monkeypatch):
+    """Epochs 50 ms apart: the first goes at once, the next nine wait for the sender's pause and
+    go in one request when finish() cuts the pause short; an epoch nobody flushes is in the store
+    one pause later."""
+    monkeypatch.setattr(tracking.trial, "SEND_EVERY_S", 5.0)
+    t = tracker(tmp_path)
+    run = tracking.TrialRun.open(t.tracking_uri, t.experiment_id, t.parent_run_id, trial("fast"))
+    requests = []
+    log_batch = run.client.log_batch
+    run.client.log_batch = lambda run_id, metrics=(), **k: requests.append(len(metrics)) or log_batch(run_id, metrics=metrics, **k)
+    for epoch in range(1, 11):
+        run.log_epoch(epoch, {"loss": 1 / epoch, "epoch": epoch})
+        time.sleep(0.05)
+    start = time.perf_counter()
+    run.finish()
+    assert time.perf_counter() - start < 2.5  # not the 5 s pause
+    assert requests == [2, 18]  # two metrics an epoch
+    assert sorted(m.step for m in run.client.get_metric_history(run.run_id, "loss")) == list(range(1, 11))
+
+    monkeypatch.setattr(tracking.trial, "SEND_EVERY_S", 0.5)
+    later = tracking.TrialRun.open(t.tracking_uri, t.experiment_id, t.parent_run_id, trial("unflushed"))
+    later.log_epoch(1, {"loss": 1.0})
+    time.sleep(0.1)
+    later.log_epoch(2, {"loss": 0.5})  # during the pause after epoch 1's request
+    deadline = time.monotonic() + 10
+    while len(later.client.get_metric_history(later.run_id, "loss")) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(later.client.get_metric_history(later.run_id, "loss")) == 2 and not later.pending
+    later.finish()
+
+
 def test_a_request_the_store_rejects_reaches_the_trial(tmp_path):
     t = tracker(tmp_path)
     run = tracking.TrialRun.open(t.tracking_uri, t.experiment_id, t.parent_run_id, trial("bad"))

@@ -33,6 +33,11 @@ PENDING_FILE = "pending_metrics.json"
 _UNFINISHED: weakref.WeakSet = weakref.WeakSet()
 EXIT_FLUSH_S = 5.0
 MAX_METRICS_PER_BATCH = 1000  # MLflow's limit per log_batch request
+# After each batch the sender waits this long for the next epochs (cut short by flush and
+# finish), so that fast epochs share a request: on SQLite one epoch's batch of 35 metrics costs
+# 10 ms of CPU, five epochs in one 4 ms each; through a server, one request instead of five.
+# An epoch reaches the store, and the MLflow UI, at most this much later.
+SEND_EVERY_S = 2.0
 # A trial's client: about 10 s per request before its metrics wait for the next epoch.
 TRIAL_HTTP_SETTINGS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
                        "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
@@ -71,6 +76,7 @@ class TrialRun:
         self._changed = threading.Condition()  # guards pending; notified when it grows or shrinks
         self._sender: threading.Thread | None = None
         self._closed = False
+        self._flushing = 0  # callers waiting in flush(): the sender does not wait for more epochs meanwhile
         self._failure: Exception | None = None  # a request the store rejected, raised in the trial's thread
 
     @classmethod
@@ -141,8 +147,13 @@ class TrialRun:
         retry timeout); then raise."""
         self._start_sender()
         with self._changed:
-            done = self._changed.wait_for(lambda: not self.pending or self._failure,
-                                          timeout=RETRY_TIMEOUT_S if timeout_s is None else timeout_s)
+            self._flushing += 1
+            self._changed.notify_all()
+            try:
+                done = self._changed.wait_for(lambda: not self.pending or self._failure,
+                                              timeout=RETRY_TIMEOUT_S if timeout_s is None else timeout_s)
+            finally:
+                self._flushing -= 1
         self._raise_failure()
         if not done:
             raise RuntimeError(f"MLflow did not answer while sending {len(self.pending)} held-back metric values of run {self.run_id}")
@@ -251,6 +262,8 @@ class TrialRun:
             with self._changed:
                 del self.pending[:len(batch)]  # only this thread removes, and only from the front
                 self._changed.notify_all()
+                self._changed.wait_for(lambda: self._closed or self._flushing or len(self.pending) >= MAX_METRICS_PER_BATCH,
+                                       timeout=SEND_EVERY_S)  # the next epochs gather into one request
 
 
 @atexit.register
