@@ -60,7 +60,8 @@ class TrialRun:
     """The child run of one trial.
 
     Metrics leave from a thread of their own, so training never waits for the store: an epoch's
-    values are queued and sent in one batch with whatever else is queued, and a tracking server
+    values are queued and sent in one batch with whatever else is queued (at most every
+    :data:`SEND_EVERY_S` while nobody waits for them), and a tracking server
     that stops answering only makes the queue wait (a checkpoint keeps it: :meth:`save_pending`).
     :meth:`flush` waits until everything is in. Every value logged is also kept in
     :attr:`history`, which :meth:`finish` writes as one file, so that reading the run back costs
