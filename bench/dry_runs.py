@@ -11,16 +11,20 @@ tracing taken off). Everything else is overhead:
 - recalibration: PreciseBN's forward passes (``recalibration_time_s``);
 - the rest, measured as what is left of wall x slots: Python, Ray and TensorFlow start-up, the
   dataset, MLflow, Tune's scheduling, idle slots at a phase's end, the report.
+ceiling = useful work / (slot time less the rest): the efficiency if nothing outside the trials'
+own epochs and evaluations cost anything, the most any scheduler could make of these trials.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -30,15 +34,21 @@ sys.path.insert(0, str(ROOT))  # this checkout's bnsearch, as the subprocesses g
 DRY_RUNS = ("sweeps/placement.py", "sweeps/bn_vs_none.py")
 
 
+def useful_work(epoch_s: Sequence[float]) -> float:
+    """One trial's useful work: its epochs x its steady epoch time, the median of its epochs
+    after the first (whose excess is tracing); a trial of one epoch: that epoch."""
+    return len(epoch_s) * (statistics.median(epoch_s[1:]) if len(epoch_s) > 1 else epoch_s[0]) if len(epoch_s) else 0.0
+
+
 def breakdown(table: pd.DataFrame, wall_s: float, slots: int) -> dict:
-    """Where ``slots`` x ``wall_s`` went, from the results table's per-epoch timings."""
+    """Where ``slots`` x ``wall_s`` went, from the results table's per-epoch timings. ``ceiling``:
+    the efficiency left if everything in "rest" cost nothing, what the trials' own work allows."""
     useful = training = tracing = evaluation = recalibration = 0.0
     for _, trial in table.sort_values("epoch").groupby("trial_key"):
         epochs = trial["epoch_time_s"].dropna()
         if epochs.empty:  # a trial that died before its first epoch: nothing useful, all of it in "rest"
             continue
-        steady = epochs.iloc[1:].median() if len(epochs) > 1 else epochs.iloc[0]
-        useful += len(epochs) * steady
+        useful += useful_work(list(epochs))
         training += epochs.sum()
         tracing += trial.get("trace_time_s", pd.Series(dtype=float)).fillna(0).sum()
         recalibrating = trial.get("recalibration_time_s", pd.Series(dtype=float)).fillna(0).sum()
@@ -47,10 +57,11 @@ def breakdown(table: pd.DataFrame, wall_s: float, slots: int) -> dict:
     slot_s = wall_s * slots
     parts = {"useful": useful, "first epochs": training - useful + tracing, "evaluation": evaluation,
              "recalibration": recalibration}
-    parts["rest"] = slot_s - sum(parts.values())
+    in_trials = sum(parts.values())
+    parts["rest"] = slot_s - in_trials
     return {"wall_s": wall_s, "slots": slots, "trials": int(table["trial_key"].nunique()),
             "epochs": int(table["epoch_time_s"].notna().sum()), "efficiency": useful / slot_s,
-            "slot_s": {k: round(v, 1) for k, v in parts.items()}}
+            "ceiling": useful / in_trials if in_trials else 0.0, "slot_s": {k: round(v, 1) for k, v in parts.items()}}
 
 
 def run(sweep_file: str) -> dict:
@@ -76,7 +87,7 @@ def table(figures: list[dict]) -> str:
     lines = []
     for f in figures:
         parts = ", ".join(f"{k} {v:.0f} s" for k, v in f["slot_s"].items())
-        lines.append(f"{f['sweep']}: efficiency {f['efficiency']:.2f}, wall {f['wall_s']:.0f} s, {f['trials']} trials, "
+        lines.append(f"{f['sweep']}: efficiency {f['efficiency']:.2f} (ceiling {f['ceiling']:.2f}), wall {f['wall_s']:.0f} s, {f['trials']} trials, "
                      f"{f['epochs']} epochs, {f['slots']} slots; slot time: {parts}")
     return "\n".join(lines)
 

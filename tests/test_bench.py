@@ -52,6 +52,15 @@ def test_useful_work_is_epochs_times_the_steady_epoch_and_the_rest_is_overhead()
     figures = dry_runs.breakdown(pd.DataFrame(rows), wall_s=50.0, slots=2)
     assert figures["slot_s"] == {"useful": 13.0, "first epochs": 32.0, "evaluation": 3.0, "recalibration": 3.0, "rest": 49.0}
     assert figures["efficiency"] == 13.0 / 100 and figures["trials"] == 2 and figures["epochs"] == 4
+    assert figures["ceiling"] == 13.0 / 51  # had nothing outside the trials cost anything
+
+
+def test_the_bare_and_peer_contenders_are_measured_by_the_same_useful_work():
+    # Two processes, 20 s of wall: one trained a 3-epoch and a 1-epoch configuration, the other a 2-epoch one.
+    processes = [{"train_s": 13.0, "epoch_s": [[5.0, 3.0, 3.0], [2.0]]}, {"train_s": 7.0, "epoch_s": [[4.0, 3.0]]}]
+    figures = run.contender(processes, wall=20.0)
+    assert figures["efficiency"] == 20.0 / 40
+    assert figures["honest_efficiency"] == (9.0 + 2.0 + 6.0) / 40  # each first epoch counted at the steady time
 
 
 def test_the_store_without_the_scale_part_is_refused_before_anything_runs(tmp_path, monkeypatch):
