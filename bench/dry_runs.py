@@ -37,7 +37,9 @@ DRY_RUNS = ("sweeps/placement.py", "sweeps/bn_vs_none.py")
 def useful_work(epoch_s: Sequence[float]) -> float:
     """One trial's useful work: its epochs x its steady epoch time, the median of its epochs
     after the first (whose excess is tracing); a trial of one epoch: that epoch."""
-    return len(epoch_s) * (statistics.median(epoch_s[1:]) if len(epoch_s) > 1 else epoch_s[0]) if len(epoch_s) else 0.0
+    if len(epoch_s) < 2:
+        return sum(epoch_s)
+    return len(epoch_s) * statistics.median(epoch_s[1:])
 
 
 def breakdown(table: pd.DataFrame, wall_s: float, slots: int) -> dict:
